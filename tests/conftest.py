@@ -1,0 +1,45 @@
+"""Shared fixtures: small random-weight CLIP configurations built in code (nothing downloads)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from hf_ovseg import OVSegConfig, OVSegModel
+
+SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+
+
+def tiny_config(method: str = "seed", patch_size: int = 8, **knobs) -> OVSegConfig:
+    """A 4-layer, 32-wide CLIP (patch 8, 32x32 native size) with the given preset and knobs."""
+    text = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 2,
+        "num_attention_heads": 4,
+        "vocab_size": 49408,
+        "max_position_embeddings": 77,
+    }
+    vision = {
+        "hidden_size": 32,
+        "intermediate_size": 64,
+        "num_hidden_layers": 4,
+        "num_attention_heads": 4,
+        "image_size": 4 * patch_size,
+        "patch_size": patch_size,
+    }
+    return OVSegConfig(text_config=text, vision_config=vision, projection_dim=16, method=method, **knobs)
+
+
+def tiny_model(method: str = "seed", seed: int = 0, **knobs) -> OVSegModel:
+    torch.manual_seed(seed)
+    return OVSegModel(tiny_config(method, **knobs)).eval()
+
+
+@pytest.fixture
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"shared data not found at {SHARED_DATA}")
+    return SHARED_DATA

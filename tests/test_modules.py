@@ -1,0 +1,154 @@
+"""Each pure function of hf_ovseg.modules against a naive loop implementation of its formula."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from hf_ovseg import modules
+
+import reference as ref
+
+GRID = (3, 4)
+N = GRID[0] * GRID[1]
+
+
+def qkv(seed: int = 0, batch: int = 2, heads: int = 3, dim: int = 5):
+    g = torch.Generator().manual_seed(seed)
+    return [torch.randn(batch, heads, 1 + N, dim, generator=g) for _ in range(3)]
+
+
+def test_outlier_scores_matches_loop():
+    q, k, _ = qkv()
+    probs = modules.vanilla_attention(q, k, 0.5)
+    torch.testing.assert_close(modules.outlier_scores(probs).double(), ref.outlier_scores(probs), rtol=1e-5, atol=1e-7)
+
+
+def test_outlier_scores_flags_token_cls_attends_more_than_itself():
+    probs = torch.full((1, 1, 4, 4), 0.25)
+    probs[0, 0, 0] = torch.tensor([0.1, 0.8, 0.05, 0.05])  # CLS attends to patch 1
+    probs[0, 0, 1] = torch.tensor([0.3, 0.1, 0.3, 0.3])  # patch 1 barely attends to itself
+    scores = modules.outlier_scores(probs)
+    assert scores.argmax().item() == 0
+    assert scores[0, 0].item() == pytest.approx(0.8 / (0.1 + 1e-6))
+
+
+@pytest.mark.parametrize("grid", [(3, 4), (1, 5), (4, 1), (2, 2)])
+@pytest.mark.parametrize("top_k", [1, 3, 7])
+def test_suppress_outliers_matches_loop(grid, top_k):
+    g = torch.Generator().manual_seed(top_k)
+    n = grid[0] * grid[1]
+    patches = torch.randn(2, n, 6, generator=g)
+    scores = torch.rand(2, n, generator=g)
+    got = modules.suppress_outliers(patches, scores, grid, top_k, tau=0.3)
+    torch.testing.assert_close(
+        got.double(), ref.suppress_outliers(patches, scores, grid, top_k, 0.3), rtol=1e-5, atol=1e-6
+    )
+
+
+def test_suppress_outliers_replaces_with_neighbour_average_and_decontaminates():
+    # 1x3 grid, middle token the only outlier: it becomes a softmax(1 - cos)-weighted mix of its two
+    # neighbours, and each neighbour loses tau * max(cos, 0) * x_outlier.
+    patches = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]])
+    scores = torch.tensor([[0.0, 5.0, 1.0]])
+    got = modules.suppress_outliers(patches, scores, (1, 3), top_k=1, tau=0.5)
+    c = 2**-0.5  # cos between [1,1] and either neighbour
+    expected_mid = 0.5 * patches[0, 0] + 0.5 * patches[0, 2]  # equal cosines -> equal weights
+    torch.testing.assert_close(got[0, 1], expected_mid)
+    torch.testing.assert_close(got[0, 0], patches[0, 0] - 0.5 * c * patches[0, 1])
+    torch.testing.assert_close(got[0, 2], patches[0, 2] - 0.5 * c * patches[0, 1])
+
+
+def test_suppress_outliers_leaves_dissimilar_neighbour_alone():
+    patches = torch.tensor([[[-1.0, 0.0], [1.0, 0.0]]])
+    got = modules.suppress_outliers(patches, torch.tensor([[0.0, 1.0]]), (1, 2), top_k=1, tau=1.0)
+    torch.testing.assert_close(got[0, 0], patches[0, 0])  # cos = -1: clamped to 0
+    torch.testing.assert_close(got[0, 1], patches[0, 0])  # single neighbour gets weight 1
+
+
+def test_suppress_outliers_top_k_zero_and_clamped():
+    patches = torch.randn(1, 4, 3)
+    scores = torch.rand(1, 4)
+    assert torch.equal(modules.suppress_outliers(patches, scores, (2, 2), 0, 0.1), patches)
+    torch.testing.assert_close(
+        modules.suppress_outliers(patches, scores, (2, 2), 100, 0.1),
+        modules.suppress_outliers(patches, scores, (2, 2), 4, 0.1),
+    )
+
+
+def test_suppress_outliers_single_patch_grid_is_kept():
+    patches = torch.randn(1, 1, 3)
+    assert torch.equal(modules.suppress_outliers(patches, torch.ones(1, 1), (1, 1), 1, 0.1), patches)
+
+
+def test_suppress_outliers_rejects_wrong_grid():
+    with pytest.raises(ValueError, match="does not hold 5 patches"):
+        modules.suppress_outliers(torch.randn(1, 5, 3), torch.rand(1, 5), (2, 2), 1, 0.1)
+
+
+def test_similarity_map_matches_loop():
+    mid = torch.randn(2, N, 7)
+    torch.testing.assert_close(
+        modules.similarity_map(mid, 0.5).double(), ref.similarity_map(mid, 0.5), rtol=1e-5, atol=1e-6
+    )
+
+
+@pytest.mark.parametrize("with_similarity", [False, True])
+def test_gated_attention_matches_loop(with_similarity):
+    q, k, _ = qkv(1)
+    sim = modules.similarity_map(torch.randn(2, N, 7), 0.7) if with_similarity else None
+    got = modules.gated_attention(q, k, 0.4, sim, similarity_weight=1.5)
+    torch.testing.assert_close(got.double(), ref.gated(q, k, 0.4, sim, 1.5), rtol=1e-5, atol=1e-6)
+
+
+def test_gated_similarity_only_touches_patch_block():
+    q, k, _ = qkv(2)
+    sim = torch.randn(2, N, N)
+    plain_logits = torch.sigmoid(0.4 * q @ q.transpose(-1, -2)) * (0.4 * k @ k.transpose(-1, -2))
+    got = modules.gated_attention(q, k, 0.4, sim, 1.0)
+    # CLS row unchanged by S: same softmax as without similarity
+    torch.testing.assert_close(got[:, :, 0], plain_logits.softmax(-1)[:, :, 0])
+
+
+@pytest.mark.parametrize("mode", ["vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "gated"])
+def test_attention_modes_match_loop(mode):
+    q, k, v = qkv(3)
+    got = modules.attention_probs(mode, q, k, v, 0.45, GRID)
+    torch.testing.assert_close(got.double(), ref.attention_mode(mode, q, k, v, 0.45, GRID), rtol=1e-5, atol=1e-6)
+
+
+def test_gaussian_prior_matches_loop():
+    torch.testing.assert_close(modules.gaussian_prior(GRID).double(), ref.gaussian(GRID)[0])
+
+
+def test_attention_probs_errors():
+    q, k, v = qkv()
+    with pytest.raises(ValueError, match="unknown attention mode 'bogus'; valid modes: gated, vanilla"):
+        modules.attention_probs("bogus", q, k, v, 0.5, GRID)
+    with pytest.raises(ValueError, match="only used by attention_mode='gated'"):
+        modules.attention_probs("clearclip", q, k, v, 0.5, GRID, similarity=torch.zeros(2, N, N))
+
+
+@pytest.mark.parametrize("mode", ["similarity", "uniform"])
+def test_global_debias_matches_loop(mode):
+    patches, cls = torch.randn(2, N, 8), torch.randn(2, 8)
+    got = modules.global_debias(patches, cls, 0.2, mode)
+    torch.testing.assert_close(got.double(), ref.global_debias(patches, cls, 0.2, mode), rtol=1e-5, atol=1e-6)
+
+
+def test_global_debias_off_and_errors():
+    patches, cls = torch.randn(1, 3, 4), torch.randn(1, 4)
+    assert torch.equal(modules.global_debias(patches, cls, 0.0), patches)
+    with pytest.raises(ValueError, match="unknown global_debias_mode 'mean'; valid modes: similarity, uniform"):
+        modules.global_debias(patches, cls, 0.2, "mean")
+
+
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float16])
+def test_modules_run_in_half_precision(dtype):
+    q, k, v = (t.to(dtype) for t in qkv(4))
+    probs = modules.gated_attention(q, k, 0.4, modules.similarity_map(torch.randn(2, N, 7, dtype=dtype)))
+    assert probs.dtype == dtype
+    torch.testing.assert_close(probs.float().sum(-1), torch.ones(2, 3, 1 + N), atol=2e-2, rtol=0)
+    patches = torch.randn(2, N, 6, dtype=dtype)
+    out = modules.suppress_outliers(patches, modules.outlier_scores(probs), GRID, 3, 0.1)
+    assert out.dtype == dtype and torch.isfinite(out.float()).all()
