@@ -43,3 +43,29 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"shared data not found at {SHARED_DATA}")
     return SHARED_DATA
+
+
+TEMPLATES = ["a photo of a {}.", "itap of a {}."]
+
+
+def tiny_processor(templates=TEMPLATES):
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from hf_ovseg import OVSegProcessor
+    from hf_ovseg.tokenizer_files import build_clip_tokenizer
+
+    return OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer(), templates=templates)
+
+
+def tiny_pipeline(method: str = "seed", **knobs):
+    from hf_ovseg import TASK, ZeroShotImageSegmentationPipeline
+
+    return ZeroShotImageSegmentationPipeline(model=tiny_model(method, **knobs), processor=tiny_processor(), task=TASK)
+
+
+@pytest.fixture(scope="session")
+def tiny_folder(tmp_path_factory) -> Path:
+    """A complete saved model folder (model, processor, pipeline code), as `hf-ovseg convert` makes."""
+    folder = tmp_path_factory.mktemp("tiny-ovseg")
+    tiny_pipeline().save_pretrained(folder)
+    return folder

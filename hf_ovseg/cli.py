@@ -1,0 +1,171 @@
+"""``hf-ovseg``: segment images from the command line (more subcommands: see ``hf-ovseg --help``)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from .api import DEFAULT_MODEL, DTYPES, resolve_device, resolve_dtype
+from .configuration_ovseg import METHOD_PRESETS
+
+logger = logging.getLogger("hf_ovseg")
+
+
+class CLIError(Exception):
+    """A user error: printed as one line, exit status 2."""
+
+
+def read_labels(labels: str | None, labels_file: str | None) -> list[str]:
+    """Classes from ``--labels "a,b,c"`` (one class per comma) or ``--labels-file`` (one class per line,
+    synonyms comma-separated)."""
+    from .processing_ovseg import parse_labels
+
+    if (labels is None) == (labels_file is None):
+        raise CLIError("give the classes with exactly one of --labels or --labels-file")
+    if labels_file is not None:
+        path = Path(labels_file)
+        if not path.is_file():
+            raise CLIError(f"labels file not found: {labels_file}")
+        items = [line.strip() for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+    else:
+        items = [item.strip() for item in labels.split(",")]
+    try:
+        parse_labels(items)  # empty or duplicate classes fail here, before any work
+    except ValueError as error:
+        raise CLIError(str(error)) from None
+    return items
+
+
+def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
+    """Model and protocol options shared by ``segment`` and ``evaluate``."""
+    parser.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub repo id (default: {DEFAULT_MODEL})")
+    parser.add_argument("--method", default="seed", choices=list(METHOD_PRESETS), help="method preset (default: seed)")
+    parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (default: float32)")
+    parser.add_argument("--short-side", type=int, default=448, help="resize short side to this (0 = keep)")
+    parser.add_argument("--crop-size", type=int, default=224, help="sliding window side (0 = whole image)")
+    parser.add_argument("--stride", type=int, default=112, help="sliding window stride")
+    parser.add_argument("--batch-size", type=int, default=8, help="crops per forward pass")
+    parser.add_argument("--background-threshold", type=float, default=0.0, help="below it, pixels are background")
+    parser.add_argument("--background-label", default=None, help="label for thresholded pixels (default: background)")
+
+
+def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
+    kwargs = {
+        "short_side": args.short_side or None,
+        "crop_size": args.crop_size or None,
+        "stride": args.stride,
+        "batch_size": args.batch_size,
+        "background_threshold": args.background_threshold,
+    }
+    if args.background_label is not None:
+        kwargs["background_label"] = args.background_label
+    return kwargs
+
+
+def _write_atomically(path: Path, payload: Any) -> None:
+    """Write a PIL image (as PNG) or a string so that ``path`` never holds a partial file."""
+    partial = path.with_name(path.name + ".partial")
+    try:
+        if isinstance(payload, str):
+            partial.write_text(payload, encoding="utf-8")
+        else:
+            payload.save(partial, format="PNG")
+        os.replace(partial, path)
+    finally:
+        partial.unlink(missing_ok=True)
+
+
+def segment(args: argparse.Namespace) -> int:
+    from tqdm.auto import tqdm
+
+    from .api import load_pipeline
+    from .processing_ovseg import load_image
+    from .visualize import label_map_image, overlay_image
+
+    # Check every input before loading the model or writing anything.
+    labels = read_labels(args.labels, args.labels_file)
+    resolve_dtype(args.dtype), resolve_device(args.device)
+    photos = {}
+    for image in args.images:
+        photos[image] = load_image(image)
+    out_dir = Path(args.out)
+    stems = [Path(image).stem for image in args.images]
+    if len(set(stems)) != len(stems):
+        raise CLIError("two input images have the same file name; their outputs would overwrite each other")
+
+    pipe = load_pipeline(args.model, args.method, args.dtype, args.device)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    kwargs = protocol_kwargs(args)
+    for image, stem in tqdm(list(zip(args.images, stems, strict=True)), desc="segment", unit="image"):
+        photo = photos.pop(image)
+        result = pipe(photo, candidate_labels=labels, return_label_map=True, **kwargs)
+        label_map, names = result["label_map"], result["labels"]
+        total = label_map.size
+        classes = {
+            s["label"]: {
+                "pixel_fraction": float((label_map == names.index(s["label"])).sum()) / total,
+                "mean_score": s["score"],
+            }
+            for s in result["segments"]
+        }
+        summary = {
+            "image": str(image),
+            "width": photo.width,
+            "height": photo.height,
+            "model": args.model,
+            "method": args.method,
+            "labels": names,
+            "classes": classes,
+        }
+        fractions = {name: c["pixel_fraction"] for name, c in classes.items()}
+        _write_atomically(out_dir / f"{stem}_labels.png", label_map_image(label_map))
+        _write_atomically(out_dir / f"{stem}_overlay.png", overlay_image(photo, label_map, names, fractions))
+        _write_atomically(out_dir / f"{stem}.json", json.dumps(summary, indent=2))
+        top = sorted(fractions.items(), key=lambda kv: -kv[1])[:4]
+        tqdm.write(f"{image}: " + ", ".join(f"{name} {share:.0%}" for name, share in top) + f" -> {out_dir}/{stem}_*")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="hf-ovseg", description="Training-free open-vocabulary semantic segmentation on a frozen CLIP."
+    )
+    parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    seg = commands.add_parser("segment", help="segment images with any list of class names")
+    seg.add_argument("images", nargs="+", help="image files (or URLs)")
+    seg.add_argument("--labels", help='comma-separated classes, e.g. "road,building,tree,car"')
+    seg.add_argument("--labels-file", help="one class per line; synonyms comma-separated on a line")
+    seg.add_argument("--out", default="hf_ovseg_out", help="output folder (default: hf_ovseg_out)")
+    add_inference_arguments(seg)
+    seg.set_defaults(run=segment)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not args.verbose:
+        from transformers.utils import logging as hf_logging
+
+        hf_logging.set_verbosity_error()
+        hf_logging.disable_progress_bar()
+    logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
+    try:
+        return args.run(args)
+    except (CLIError, ValueError, FileNotFoundError) as error:
+        message = str(error).splitlines()[0] if str(error) else error.__class__.__name__
+        print(f"hf-ovseg: error: {message}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

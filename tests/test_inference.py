@@ -1,0 +1,105 @@
+"""Sliding-window stitching, bilinear resize matrices and the chunked label prediction."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from hf_ovseg.inference import bilinear_matrix, predict_labels, slide_logits, window_boxes
+
+from conftest import tiny_model
+
+
+def test_window_boxes_cover_image_mmseg_rule():
+    boxes = window_boxes(448, 672, 224, 112)
+    assert len(boxes) == 3 * 5 and boxes[0] == (0, 224, 0, 224) and boxes[-1] == (224, 448, 448, 672)
+    covered = torch.zeros(448, 672)
+    for t, b, l, r in boxes:
+        assert b - t == 224 and r - l == 224
+        covered[t:b, l:r] += 1
+    assert covered.min() >= 1
+    assert window_boxes(300, 230, 224, 112)[-1] == (76, 300, 6, 230)  # last window shifted back to the border
+    assert window_boxes(100, 100, 224, 112) == [(0, 100, 0, 100)]
+    with pytest.raises(ValueError, match="must be positive"):
+        window_boxes(10, 10, 0, 5)
+
+
+def test_crop_sized_image_equals_single_forward():
+    model = tiny_model()
+    image = torch.randn(1, 3, 32, 32)
+    text = torch.randn(3, 16)
+
+    def forward(x):
+        return model(x, text_embeds=text).logits
+
+    with torch.no_grad():
+        stitched = slide_logits(forward, image, 8, crop_size=32, stride=16)
+        single = F.interpolate(forward(image), size=(32, 32), mode="bilinear", align_corners=False)[0]
+        whole = slide_logits(forward, image, 8, crop_size=None)
+    torch.testing.assert_close(stitched, single)
+    torch.testing.assert_close(whole, single)
+
+
+def test_overlaps_average_exactly():
+    # Each crop predicts a constant equal to its top-left corner code, so every pixel must hold the mean
+    # of the codes of the windows that cover it.
+    image = torch.zeros(1, 3, 24, 40)
+    seen = []
+
+    def forward(crops):
+        codes = torch.tensor([float(len(seen) + i) for i in range(crops.shape[0])])
+        seen.extend(codes.tolist())
+        return codes.view(-1, 1, 1, 1).expand(-1, 2, 2, 2)
+
+    got = slide_logits(forward, image, 8, crop_size=16, stride=8, batch_size=4)
+    boxes = window_boxes(24, 40, 16, 8)
+    total, count = torch.zeros(24, 40), torch.zeros(24, 40)
+    for code, (t, b, l, r) in zip(seen, boxes, strict=True):
+        total[t:b, l:r] += code
+        count[t:b, l:r] += 1
+    assert len(seen) == len(boxes) == 2 * 4
+    torch.testing.assert_close(got[0], total / count)
+    torch.testing.assert_close(got[1], total / count)
+
+
+def test_small_image_is_padded_and_cut_back():
+    shapes = []
+
+    def forward(crops):
+        shapes.append(tuple(crops.shape))
+        return torch.ones(crops.shape[0], 2, crops.shape[2] // 8, crops.shape[3] // 8)
+
+    assert slide_logits(forward, torch.zeros(1, 3, 5, 7), 8, crop_size=32, stride=16).shape == (2, 5, 7)
+    assert slide_logits(forward, torch.zeros(1, 3, 5, 7), 8, crop_size=None).shape == (2, 5, 7)
+    assert shapes == [(1, 3, 32, 32), (1, 3, 8, 8)]
+    with pytest.raises(ValueError, match="multiple of the patch size"):
+        slide_logits(forward, torch.zeros(1, 3, 40, 40), 8, crop_size=30)
+
+
+@pytest.mark.parametrize(("n_in", "n_out"), [(7, 20), (20, 7), (5, 5), (1, 4), (14, 500)])
+def test_bilinear_matrix_equals_interpolate(n_in, n_out):
+    x = torch.randn(3, n_in, 6)
+    expected = F.interpolate(x[None], size=(n_out, 6), mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(torch.matmul(bilinear_matrix(n_in, n_out), x), expected, rtol=1e-5, atol=1e-5)
+
+
+def test_predict_labels_chunked_matches_direct_computation():
+    logits = torch.randn(5, 6, 9) * 3
+    synonyms = torch.tensor([[0, 0], [1, 2], [3, 4]])  # class 1 = rows 1,2; class 2 = rows 3,4
+    full = F.interpolate(logits[None], size=(37, 50), mode="bilinear", align_corners=False)[0].softmax(0)
+    merged = torch.stack([full[0], full[1:3].amax(0), full[3:5].amax(0)])
+    best, labels = merged.max(0)
+    labels = torch.where(best < 0.5, torch.full_like(labels, 3), labels)
+    got = predict_labels(logits, synonyms, (37, 50), 0.5, background_index=3, return_probabilities=True,
+                         max_chunk_elements=5 * 50 * 4)  # fmt: skip
+    assert torch.equal(got.label_map, labels.int())
+    torch.testing.assert_close(got.probabilities, merged, rtol=1e-5, atol=1e-6)
+    for index in range(4):
+        assert got.pixel_count[index] == (labels == index).sum()
+        torch.testing.assert_close(got.score_sum[index].float(), best[labels == index].sum(), rtol=1e-4, atol=1e-4)
+
+
+def test_background_threshold_needs_index():
+    with pytest.raises(ValueError, match="needs a background_index"):
+        predict_labels(torch.zeros(2, 2, 2), torch.tensor([[0], [1]]), (2, 2), 0.5)
