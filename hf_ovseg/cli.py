@@ -133,6 +133,60 @@ def segment(args: argparse.Namespace) -> int:
     return 0
 
 
+def convert_command(args: argparse.Namespace) -> int:
+    from .convert import convert
+
+    out = convert(
+        args.source,
+        args.out_dir,
+        method=args.method,
+        arch=args.arch,
+        activation=args.activation,
+        tokenizer=args.tokenizer,
+        trust_torchscript=args.trust_torchscript,
+        license_id=args.license,
+    )
+    print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    print(f'check it:  hf-ovseg segment photo.jpg --labels "road,tree,sky" --model {out}')
+    return 0
+
+
+REQUIRED_FILES = ("config.json", "model.safetensors", "processor_config.json", "modeling_ovseg.py", "README.md")
+
+
+def push_command(args: argparse.Namespace) -> int:
+    folder = Path(args.folder)
+    missing = [name for name in REQUIRED_FILES if not (folder / name).is_file()]
+    if missing:
+        raise CLIError(f"{folder} is not a converted OVSeg folder: missing {', '.join(missing)} (run hf-ovseg convert)")
+    files = sorted(p for p in folder.rglob("*") if p.is_file() and "__pycache__" not in p.parts)
+    visibility = "private" if args.private else "public"
+    if args.dry_run:
+        for path in files:
+            print(f"{path.stat().st_size:>12,d}  {path.relative_to(folder)}")
+        total = sum(p.stat().st_size for p in files)
+        print(f"would upload {len(files)} files ({total:,d} bytes) to {visibility} repo {args.repo_id}")
+        return 0
+    from huggingface_hub import HfApi
+
+    try:
+        api = HfApi()
+        api.create_repo(args.repo_id, private=args.private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            folder_path=str(folder),
+            repo_id=args.repo_id,
+            commit_message="Upload OVSeg model (hf_ovseg)",
+            ignore_patterns=["__pycache__/*", "*.partial"],
+        )
+    except Exception as error:  # network, auth and Hub errors all end here with their reason
+        reason = str(error).splitlines()[0] if str(error) else error.__class__.__name__
+        raise CLIError(
+            f"cannot push to {args.repo_id}: {reason}. Log in once with `hf auth login` (or set HF_TOKEN)"
+        ) from None
+    print(f"pushed {len(files)} files to {visibility} repo {args.repo_id}: {getattr(info, 'commit_url', info)}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-ovseg", description="Training-free open-vocabulary semantic segmentation on a frozen CLIP."
@@ -147,6 +201,38 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", default="hf_ovseg_out", help="output folder (default: hf_ovseg_out)")
     add_inference_arguments(seg)
     seg.set_defaults(run=segment)
+
+    conv = commands.add_parser("convert", help="turn a CLIP checkpoint into a Hub-ready OVSeg folder")
+    conv.add_argument("source", help="HF CLIP folder or repo id, OpenAI .pt, or OpenCLIP .pt/.bin/.safetensors")
+    conv.add_argument("out_dir", help="output folder")
+    conv.add_argument("--method", default="seed", choices=list(METHOD_PRESETS), help="default method saved")
+    conv.add_argument(
+        "--arch",
+        default="auto",
+        help="auto (from tensor shapes), or ViT-B-32, ViT-B-16, ViT-L-14, "
+        "ViT-L-14-336, ViT-H-14, with an optional -quickgelu suffix",
+    )
+    conv.add_argument(
+        "--activation",
+        choices=["quick_gelu", "gelu"],
+        default=None,
+        help="MLP activation (default: quick_gelu for OpenAI checkpoints, gelu for OpenCLIP ones)",
+    )
+    conv.add_argument(
+        "--tokenizer",
+        default=None,
+        help="HF CLIP folder or repo id to take the tokenizer from (default: built from the open_clip_torch BPE file)",
+    )
+    conv.add_argument("--trust-torchscript", action="store_true", help="allow loading a TorchScript archive")
+    conv.add_argument("--license", default=None, help="license of the source weights for the model card")
+    conv.set_defaults(run=convert_command)
+
+    push = commands.add_parser("push", help="upload a converted folder to the Hugging Face Hub")
+    push.add_argument("folder", help="a folder made by hf-ovseg convert")
+    push.add_argument("repo_id", help="e.g. your-name/ovseg-clip-vit-b16")
+    push.add_argument("--private", action="store_true", help="create the repo as private")
+    push.add_argument("--dry-run", action="store_true", help="list what would be uploaded, upload nothing")
+    push.set_defaults(run=push_command)
     return parser
 
 

@@ -1,0 +1,389 @@
+"""Turn a CLIP checkpoint into a Hub-ready OVSeg folder, losslessly.
+
+Sources: an HF CLIP folder or repo id; an OpenAI CLIP checkpoint (TorchScript archive or plain state
+dict); an OpenCLIP state dict (``.pt``/``.bin``/``.safetensors``, optionally wrapped in ``state_dict`` and
+prefixed with ``module.``). The architecture is read off the tensor shapes unless ``arch`` names it.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import re
+import string
+import sys
+import zipfile
+from dataclasses import dataclass, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from .configuration_ovseg import OVSegConfig
+from .modeling_ovseg import OVSegModel
+from .pipeline_ovseg import TASK, ZeroShotImageSegmentationPipeline
+from .processing_ovseg import OVSegProcessor
+
+logger = logging.getLogger(__name__)
+
+ACTIVATIONS = ("quick_gelu", "gelu")
+
+
+@dataclass(frozen=True)
+class ClipArch:
+    """Shape of a CLIP ViT: everything needed to build the HF configuration."""
+
+    image_size: int
+    patch_size: int
+    vision_width: int
+    vision_layers: int
+    vision_heads: int
+    vision_mlp: int
+    text_width: int
+    text_layers: int
+    text_heads: int
+    text_mlp: int
+    context_length: int
+    vocab_size: int
+    projection_dim: int
+    activation: str = "quick_gelu"
+
+    def config(self, method: str = "seed") -> OVSegConfig:
+        return OVSegConfig(
+            vision_config={
+                "hidden_size": self.vision_width,
+                "intermediate_size": self.vision_mlp,
+                "num_hidden_layers": self.vision_layers,
+                "num_attention_heads": self.vision_heads,
+                "image_size": self.image_size,
+                "patch_size": self.patch_size,
+                "hidden_act": self.activation,
+                "projection_dim": self.projection_dim,
+            },
+            text_config={
+                "hidden_size": self.text_width,
+                "intermediate_size": self.text_mlp,
+                "num_hidden_layers": self.text_layers,
+                "num_attention_heads": self.text_heads,
+                "max_position_embeddings": self.context_length,
+                "vocab_size": self.vocab_size,
+                "hidden_act": self.activation,
+                "projection_dim": self.projection_dim,
+                "bos_token_id": 49406,
+                "eos_token_id": 49407,
+                "pad_token_id": 49407,
+            },
+            projection_dim=self.projection_dim,
+            method=method,
+        )
+
+
+def _text(width: int, layers: int, proj: int) -> dict[str, int]:
+    return {"text_width": width, "text_layers": layers, "text_heads": width // 64, "text_mlp": 4 * width,
+            "context_length": 77, "vocab_size": 49408, "projection_dim": proj}  # fmt: skip
+
+
+#: The supported shapes, by OpenCLIP name (append ``-quickgelu`` to force QuickGELU).
+ARCHS: dict[str, ClipArch] = {
+    "ViT-B-32": ClipArch(224, 32, 768, 12, 12, 3072, **_text(512, 12, 512)),
+    "ViT-B-16": ClipArch(224, 16, 768, 12, 12, 3072, **_text(512, 12, 512)),
+    "ViT-L-14": ClipArch(224, 14, 1024, 24, 16, 4096, **_text(768, 12, 768)),
+    "ViT-L-14-336": ClipArch(336, 14, 1024, 24, 16, 4096, **_text(768, 12, 768)),
+    "ViT-H-14": ClipArch(224, 14, 1280, 32, 16, 5120, **_text(1024, 24, 1024)),
+}
+
+#: Heads per width where CLIP's rule "width / 64" does not hold (ViT-H, -g, -bigG use 16 wide heads).
+HEADS_BY_WIDTH = {1280: 16, 1408: 16, 1664: 16}
+
+REQUIRED_KEYS = (
+    "visual.conv1.weight",
+    "visual.class_embedding",
+    "visual.positional_embedding",
+    "visual.ln_pre.weight",
+    "visual.ln_post.weight",
+    "visual.proj",
+    "token_embedding.weight",
+    "positional_embedding",
+    "ln_final.weight",
+    "text_projection",
+)
+
+
+class ConversionError(ValueError):
+    """A source that cannot be converted; the message names what is wrong or missing."""
+
+
+# -- reading sources ---------------------------------------------------------------------------------
+
+
+def is_torchscript(path: Path) -> bool:
+    if not zipfile.is_zipfile(path):
+        return False
+    with zipfile.ZipFile(path) as archive:
+        return any(name.endswith("constants.pkl") or "/code/" in name for name in archive.namelist())
+
+
+def read_state_dict(path: str | Path, trust_torchscript: bool = False) -> dict[str, torch.Tensor]:
+    """Tensors of a checkpoint file: safetensors, a pickled state dict (``weights_only``), or a TorchScript
+    archive (only with ``trust_torchscript``, since loading one runs its code)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"checkpoint not found: {path}")
+    try:
+        if path.suffix == ".safetensors":
+            from safetensors.torch import load_file
+
+            return load_file(path)
+        if is_torchscript(path):
+            if not trust_torchscript:
+                raise ConversionError(
+                    f"{path.name} is a TorchScript archive; loading it executes code from the file. "
+                    "If you trust it, pass --trust-torchscript"
+                )
+            return dict(torch.jit.load(str(path), map_location="cpu").state_dict())
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except ConversionError:
+        raise
+    except Exception as error:  # torch/safetensors raise many types for a bad file
+        raise ConversionError(
+            f"cannot read checkpoint {path.name}: the file is truncated, corrupt or not a checkpoint "
+            f"({error.__class__.__name__}: {str(error).splitlines()[0][:200] if str(error) else ''})"
+        ) from None
+    return unwrap_state_dict(state)
+
+
+def unwrap_state_dict(state: Any) -> dict[str, torch.Tensor]:
+    """Strip ``{"state_dict": ...}`` / ``{"model": ...}`` wrappers and ``module.`` prefixes."""
+    for key in ("state_dict", "model", "module"):
+        if isinstance(state, dict) and key in state and isinstance(state[key], dict):
+            state = state[key]
+    if not isinstance(state, dict):
+        raise ConversionError(f"the checkpoint holds a {type(state).__name__}, not a state dict")
+    tensors = {k: v for k, v in state.items() if isinstance(v, torch.Tensor)}
+    if tensors and all(k.startswith("module.") for k in tensors):
+        tensors = {k[len("module.") :]: v for k, v in tensors.items()}
+    return tensors
+
+
+# -- architecture ------------------------------------------------------------------------------------
+
+
+def _count_blocks(state: dict[str, torch.Tensor], prefix: str) -> int:
+    pattern = re.compile(re.escape(prefix) + r"(\d+)\.")
+    return len({int(m.group(1)) for k in state if (m := pattern.match(k))})
+
+
+def _heads(width: int) -> int:
+    return HEADS_BY_WIDTH.get(width, max(1, width // 64))
+
+
+def infer_arch(state: dict[str, torch.Tensor], activation: str = "quick_gelu") -> ClipArch:
+    """Read a CLIP ViT's architecture off its OpenAI/OpenCLIP-layout tensors."""
+    missing = [key for key in REQUIRED_KEYS if key not in state and key + ".weight" not in state]
+    if missing:
+        hint = " (a ResNet or timm-trunk CLIP is not supported)" if any(k.startswith("visual.") for k in state) else ""
+        raise ConversionError(f"not a CLIP ViT checkpoint{hint}: missing {', '.join(missing)}")
+    conv = state["visual.conv1.weight"]
+    vision_width, patch = conv.shape[0], conv.shape[-1]
+    grid = round((state["visual.positional_embedding"].shape[0] - 1) ** 0.5)
+    vision_proj = state["visual.proj"]
+    text_proj = _text_projection(state)
+    text_width = state["ln_final.weight"].shape[0]
+    if vision_proj.shape[0] != vision_width:
+        raise ConversionError(f"visual.proj is {tuple(vision_proj.shape)} but the vision width is {vision_width}")
+    if text_proj.shape[0] != text_width:
+        raise ConversionError(f"text_projection is {tuple(text_proj.shape)} but the text width is {text_width}")
+    if vision_proj.shape[1] != text_proj.shape[1]:
+        raise ConversionError(
+            f"the towers do not match: visual.proj projects to {vision_proj.shape[1]} dimensions but "
+            f"text_projection to {text_proj.shape[1]}"
+        )
+    vision_layers = _count_blocks(state, "visual.transformer.resblocks.")
+    text_layers = _count_blocks(state, "transformer.resblocks.")
+    if not vision_layers or not text_layers:
+        raise ConversionError(
+            "not a CLIP ViT checkpoint: missing visual.transformer.resblocks.* or transformer.resblocks.*"
+        )
+    return ClipArch(
+        image_size=grid * patch,
+        patch_size=patch,
+        vision_width=vision_width,
+        vision_layers=vision_layers,
+        vision_heads=_heads(vision_width),
+        vision_mlp=state["visual.transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        text_width=text_width,
+        text_layers=text_layers,
+        text_heads=_heads(text_width),
+        text_mlp=state["transformer.resblocks.0.mlp.c_fc.weight"].shape[0],
+        context_length=state["positional_embedding"].shape[0],
+        vocab_size=state["token_embedding.weight"].shape[0],
+        projection_dim=vision_proj.shape[1],
+        activation=activation,
+    )
+
+
+def resolve_arch(name: str) -> ClipArch:
+    base, quick = (name[: -len("-quickgelu")], True) if name.endswith("-quickgelu") else (name, False)
+    if base not in ARCHS:
+        raise ConversionError(f"unknown --arch {name!r}; known: auto, {', '.join(ARCHS)} (optionally -quickgelu)")
+    return replace(ARCHS[base], activation="quick_gelu" if quick else ARCHS[base].activation)
+
+
+def _text_projection(state: dict[str, torch.Tensor]) -> torch.Tensor:
+    """[text_width, proj]: a Parameter in OpenAI's layout, an ``nn.Linear`` ([proj, width]) in some OpenCLIP ones."""
+    if "text_projection" in state:
+        return state["text_projection"]
+    return state["text_projection.weight"].T
+
+
+# -- key mapping -------------------------------------------------------------------------------------
+
+
+def _blocks_to_hf(state: dict[str, torch.Tensor], source: str, target: str, layers: int) -> dict[str, torch.Tensor]:
+    out = {}
+    for i in range(layers):
+        s, t = f"{source}{i}.", f"{target}{i}."
+        for suffix in ("weight", "bias"):
+            q, k, v = state[f"{s}attn.in_proj_{suffix}"].chunk(3, dim=0)
+            out[f"{t}self_attn.q_proj.{suffix}"] = q
+            out[f"{t}self_attn.k_proj.{suffix}"] = k
+            out[f"{t}self_attn.v_proj.{suffix}"] = v
+            out[f"{t}self_attn.out_proj.{suffix}"] = state[f"{s}attn.out_proj.{suffix}"]
+            out[f"{t}layer_norm1.{suffix}"] = state[f"{s}ln_1.{suffix}"]
+            out[f"{t}layer_norm2.{suffix}"] = state[f"{s}ln_2.{suffix}"]
+            out[f"{t}mlp.fc1.{suffix}"] = state[f"{s}mlp.c_fc.{suffix}"]
+            out[f"{t}mlp.fc2.{suffix}"] = state[f"{s}mlp.c_proj.{suffix}"]
+    return out
+
+
+def openclip_to_hf(state: dict[str, torch.Tensor], arch: ClipArch) -> dict[str, torch.Tensor]:
+    """Rename (and split the fused q/k/v of) an OpenAI/OpenCLIP state dict into HF CLIP parameter names."""
+    try:
+        out = {
+            "vision_model.embeddings.class_embedding": state["visual.class_embedding"],
+            "vision_model.embeddings.patch_embedding.weight": state["visual.conv1.weight"],
+            "vision_model.embeddings.position_embedding.weight": state["visual.positional_embedding"],
+            "vision_model.pre_layrnorm.weight": state["visual.ln_pre.weight"],
+            "vision_model.pre_layrnorm.bias": state["visual.ln_pre.bias"],
+            "vision_model.post_layernorm.weight": state["visual.ln_post.weight"],
+            "vision_model.post_layernorm.bias": state["visual.ln_post.bias"],
+            "visual_projection.weight": state["visual.proj"].T,
+            "text_model.embeddings.token_embedding.weight": state["token_embedding.weight"],
+            "text_model.embeddings.position_embedding.weight": state["positional_embedding"],
+            "text_model.final_layer_norm.weight": state["ln_final.weight"],
+            "text_model.final_layer_norm.bias": state["ln_final.bias"],
+            "text_projection.weight": _text_projection(state).T,
+            "logit_scale": state.get("logit_scale", torch.tensor(4.6052)).reshape(()),
+        }
+        out.update(
+            _blocks_to_hf(state, "visual.transformer.resblocks.", "vision_model.encoder.layers.", arch.vision_layers)
+        )
+        out.update(_blocks_to_hf(state, "transformer.resblocks.", "text_model.encoder.layers.", arch.text_layers))
+    except KeyError as error:
+        raise ConversionError(f"the checkpoint is missing {error.args[0]}") from None
+    return {k: v.contiguous().float() for k, v in out.items()}
+
+
+def model_from_state_dict(state: dict[str, torch.Tensor], arch: ClipArch, method: str = "seed") -> OVSegModel:
+    """An [`OVSegModel`] holding exactly the checkpoint's weights (no missing or unexpected keys)."""
+    from transformers.initialization import no_init_weights
+
+    with no_init_weights():
+        model = OVSegModel(arch.config(method))
+    try:
+        model.load_state_dict(openclip_to_hf(state, arch), strict=True)
+    except RuntimeError as error:
+        raise ConversionError(f"the checkpoint does not fit the inferred architecture: {str(error)[:500]}") from None
+    return model.eval()
+
+
+# -- folders -----------------------------------------------------------------------------------------
+
+
+def build_processor(arch: ClipArch, tokenizer: str | None = None, bpe_path: str | None = None) -> OVSegProcessor:
+    from transformers import AutoTokenizer
+    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+    from .tokenizer_files import build_clip_tokenizer
+
+    image_processor = CLIPImageProcessorPil(
+        size={"shortest_edge": arch.image_size}, crop_size={"height": arch.image_size, "width": arch.image_size}
+    )
+    text = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else build_clip_tokenizer(bpe_path)
+    return OVSegProcessor(image_processor, text)
+
+
+def template_path(name: str = "ovseg_model_card.md") -> Path:
+    """The model-card template: in the repository's ``model_cards/`` or in the installed data files."""
+    for root in (Path(__file__).resolve().parents[1], Path(sys.prefix) / "share" / "hf_ovseg"):
+        if (root / "model_cards" / name).is_file():
+            return root / "model_cards" / name
+    raise FileNotFoundError(f"model card template {name} not found")
+
+
+def render_model_card(config: OVSegConfig, source: str, license_id: str, base_model: str | None) -> str:
+    knobs = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.method_knobs().items())
+    values = {
+        "license": license_id,
+        "base_model": f"base_model: {base_model}\n" if base_model else "",
+        "source": source,
+        "method": config.method,
+        "knobs": knobs,
+        "patch_size": config.vision_config.patch_size,
+        "image_size": config.vision_config.image_size,
+    }
+    return string.Template(template_path().read_text(encoding="utf-8")).substitute(values)
+
+
+def _default_license(source: str) -> str:
+    lowered = source.lower()
+    return "mit" if lowered.startswith(("openai/", "laion/")) or "vit-b-16.pt" in lowered else "other"
+
+
+def convert(
+    source: str,
+    out_dir: str | os.PathLike,
+    method: str = "seed",
+    arch: str = "auto",
+    activation: str | None = None,
+    tokenizer: str | None = None,
+    trust_torchscript: bool = False,
+    license_id: str | None = None,
+) -> Path:
+    """Convert ``source`` into a complete OVSeg folder at ``out_dir``; see the module docstring."""
+    out = Path(out_dir)
+    path = Path(source)
+    base_model = None
+    if path.is_file():
+        state = read_state_dict(path, trust_torchscript)
+        default_activation = "quick_gelu" if is_torchscript(path) or "input_resolution" in state else "gelu"
+        if activation is not None and activation not in ACTIVATIONS:
+            raise ConversionError(f"unknown activation {activation!r}; valid: {', '.join(ACTIVATIONS)}")
+        if arch == "auto":
+            spec = infer_arch(state, activation or default_activation)
+        else:
+            spec = resolve_arch(arch)
+            if activation is not None or not arch.endswith("-quickgelu"):
+                spec = replace(spec, activation=activation or default_activation)
+        logger.info("architecture: %s", spec)
+        model = model_from_state_dict(state, spec, method)
+        processor = build_processor(spec, tokenizer)
+    else:
+        from .api import load_model_and_processor
+
+        if path.exists() and not path.is_dir():
+            raise ConversionError(f"{source} is neither a checkpoint file nor a model folder")
+        model, processor = load_model_and_processor(source, method, device="cpu")
+        if tokenizer:
+            from transformers import AutoTokenizer
+
+            processor = OVSegProcessor(processor.image_processor, AutoTokenizer.from_pretrained(tokenizer))
+        base_model = None if path.is_dir() else source
+    pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device="cpu")
+    pipe.save_pretrained(out)
+    card = render_model_card(model.config, source, license_id or _default_license(source), base_model)
+    (out / "README.md").write_text(card, encoding="utf-8")
+    return out
+
+
+__all__ = ["ARCHS", "ClipArch", "ConversionError", "convert", "infer_arch", "openclip_to_hf", "read_state_dict"]
