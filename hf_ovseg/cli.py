@@ -187,6 +187,53 @@ def push_command(args: argparse.Namespace) -> int:
     return 0
 
 
+def evaluate_command(args: argparse.Namespace) -> int:
+    import torch
+    from accelerate import PartialState
+    from accelerate.utils import reduce
+
+    from .api import load_pipeline
+    from .evaluation import evaluate_methods, load_benchmark, markdown_table, update_model_card
+
+    methods = [m.strip() for m in (args.methods or args.method).split(",") if m.strip()]
+    unknown = [m for m in methods if m not in METHOD_PRESETS]
+    if unknown:
+        raise CLIError(f"unknown method(s) {', '.join(unknown)}; valid methods: {', '.join(METHOD_PRESETS)}")
+    if args.update_model_card and not Path(args.update_model_card).is_file():
+        raise CLIError(f"model card not found: {args.update_model_card}")
+    bench = load_benchmark(args.dataset, args.data_root, args.limit)
+    state = PartialState()
+    device = args.device or (str(state.device) if state.device.type != "mps" else "cpu")
+    pipe = load_pipeline(args.model, methods[0], args.dtype, device)
+    protocol = protocol_kwargs(args)
+    protocol.pop("background_label", None)  # the dataset decides where thresholded pixels go
+
+    def sum_over_processes(matrix):
+        if state.num_processes == 1:
+            return matrix
+        return reduce(torch.from_numpy(matrix).to(state.device), reduction="sum").cpu().numpy()
+
+    results = evaluate_methods(
+        pipe,
+        bench,
+        methods,
+        protocol,
+        args.model,
+        state.process_index,
+        state.num_processes,
+        sum_over_processes,
+        progress=state.is_local_main_process,
+    )
+    if state.is_main_process:
+        print(markdown_table(results))
+        if args.out:
+            payload = [r.to_dict() for r in results]
+            Path(args.out).write_text(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+        if args.update_model_card:
+            update_model_card(args.update_model_card, results)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="hf-ovseg", description="Training-free open-vocabulary semantic segmentation on a frozen CLIP."
@@ -201,6 +248,22 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--out", default="hf_ovseg_out", help="output folder (default: hf_ovseg_out)")
     add_inference_arguments(seg)
     seg.set_defaults(run=segment)
+
+    ev = commands.add_parser("evaluate", help="mIoU of one or more methods on a standard benchmark")
+    ev.add_argument(
+        "--dataset",
+        required=True,
+        help="voc21, voc20, context60, context59, coco_object, "
+        "coco_stuff164k, cityscapes, ade20k, openearthmap, loveda, isaid, potsdam, vaihingen, uavid, "
+        "udd5, vdd",
+    )
+    ev.add_argument("--data-root", required=True, help="the dataset's folder, in its standard layout")
+    ev.add_argument("--methods", default=None, help="comma-separated methods for an ablation (overrides --method)")
+    ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    ev.add_argument("--out", default=None, help="write the results (JSON) here")
+    ev.add_argument("--update-model-card", default=None, help="write the results table into this README.md")
+    add_inference_arguments(ev)
+    ev.set_defaults(run=evaluate_command)
 
     conv = commands.add_parser("convert", help="turn a CLIP checkpoint into a Hub-ready OVSeg folder")
     conv.add_argument("source", help="HF CLIP folder or repo id, OpenAI .pt, or OpenCLIP .pt/.bin/.safetensors")

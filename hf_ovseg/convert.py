@@ -79,8 +79,15 @@ class ClipArch:
 
 
 def _text(width: int, layers: int, proj: int) -> dict[str, int]:
-    return {"text_width": width, "text_layers": layers, "text_heads": width // 64, "text_mlp": 4 * width,
-            "context_length": 77, "vocab_size": 49408, "projection_dim": proj}  # fmt: skip
+    return {
+        "text_width": width,
+        "text_layers": layers,
+        "text_heads": width // 64,
+        "text_mlp": 4 * width,
+        "context_length": 77,
+        "vocab_size": 49408,
+        "projection_dim": proj,
+    }
 
 
 #: The supported shapes, by OpenCLIP name (append ``-quickgelu`` to force QuickGELU).

@@ -91,19 +91,32 @@ def slide_logits(
     return (total / count)[:, :height, :width]
 
 
-def bilinear_matrix(in_size: int, out_size: int, device: torch.device | None = None) -> torch.Tensor:
-    """[out, in] matrix R with ``R @ x`` = 1-D bilinear resize of x (``align_corners=False``, no antialias),
-    the same as ``F.interpolate(mode="bilinear")`` along one axis."""
+def bilinear_weights(in_size: int, out_size: int, device: torch.device | None = None):
+    """Source indices and weights of a 1-D bilinear resize (``align_corners=False``, no antialias), as in
+    ``F.interpolate(mode="bilinear")``: output ``o`` = ``x[low[o]] * (1 - frac[o]) + x[high[o]] * frac[o]``."""
     scale = in_size / out_size
     src = ((torch.arange(out_size, device=device, dtype=torch.float64) + 0.5) * scale - 0.5).clamp(min=0)
     low = src.floor().long().clamp(max=in_size - 1)
     high = (low + 1).clamp(max=in_size - 1)
-    frac = (src - low).float()
-    matrix = torch.zeros(out_size, in_size, device=device)
-    rows = torch.arange(out_size, device=device)
-    matrix.index_put_((rows, low), 1 - frac, accumulate=True)
-    matrix.index_put_((rows, high), frac, accumulate=True)
-    return matrix
+    return low, high, (src - low).float()
+
+
+def resize_bilinear(x: torch.Tensor, size: tuple[int, int], rows: slice | None = None) -> torch.Tensor:
+    """Bilinear resize of [C, h, w] to ``size``, returning only output ``rows``: [C, len(rows), W].
+
+    Equal to ``F.interpolate(x[None], size, mode="bilinear")[0, :, rows]`` at O(C * rows * W) cost, so a
+    large output can be produced in chunks of bounded memory.
+    """
+    rows = rows or slice(0, size[0])
+    if x.shape[1] == size[0]:  # same height: bilinear is the identity along rows
+        x = x[:, rows]
+    else:
+        low, high, frac = (t[rows] for t in bilinear_weights(x.shape[1], size[0], x.device))
+        x = torch.lerp(x[:, low], x[:, high], frac[:, None].to(x.dtype))
+    if x.shape[2] == size[1]:
+        return x
+    low, high, frac = bilinear_weights(x.shape[2], size[1], x.device)
+    return torch.lerp(x[:, :, low], x[:, :, high], frac.to(x.dtype))
 
 
 @dataclass
@@ -143,25 +156,23 @@ def predict_labels(
         raise ValueError("background_threshold > 0 needs a background_index")
     num_classes = synonym_index.shape[0]
     num_labels = num_classes + int(background_index is not None and background_index >= num_classes)
-    resize_rows = bilinear_matrix(logits.shape[1], height, logits.device)
-    resize_cols = bilinear_matrix(logits.shape[2], width, logits.device).T.contiguous()
-    label_map = torch.empty(height, width, dtype=torch.int32)
-    score_sum = torch.zeros(num_labels, dtype=torch.float64)
-    pixel_count = torch.zeros(num_labels, dtype=torch.int64)
-    probabilities = torch.empty(num_classes, height, width) if return_probabilities else None
+    device = logits.device  # everything stays on the logits' device (the GPU, in a CUDA pipeline)
+    label_map = torch.empty(height, width, dtype=torch.int32, device=device)
+    score_sum = torch.zeros(num_labels, dtype=torch.float64, device=device)
+    pixel_count = torch.zeros(num_labels, dtype=torch.int64, device=device)
+    probabilities = torch.empty(num_classes, height, width, device=device) if return_probabilities else None
     synonym_index = synonym_index.to(logits.device)
     chunk = max(1, max_chunk_elements // max(1, logits.shape[0] * width))
     for top in range(0, height, chunk):
-        rows = torch.matmul(torch.matmul(resize_rows[top : top + chunk], logits), resize_cols)  # [Q, r, W]
-        probs = rows.softmax(dim=0)
-        class_probs = probs[synonym_index].amax(dim=1)  # [C, r, W]: max over each class's synonyms
+        probs = resize_bilinear(logits, size, slice(top, top + chunk)).softmax(dim=0)  # [Q, r, W]
+        # [C, r, W]: max over each class's synonyms (nothing to merge when every class has one name)
+        class_probs = probs if synonym_index.shape[0] == probs.shape[0] else probs[synonym_index].amax(dim=1)
         best, labels = class_probs.max(dim=0)
         if background_index is not None:
             labels = torch.where(best < background_threshold, torch.full_like(labels, background_index), labels)
-        labels = labels.cpu()
         label_map[top : top + chunk] = labels.to(torch.int32)
-        score_sum.index_add_(0, labels.flatten(), best.cpu().flatten().double())
+        score_sum.index_add_(0, labels.flatten(), best.flatten().double())
         pixel_count += torch.bincount(labels.flatten(), minlength=num_labels)
         if probabilities is not None:
-            probabilities[:, top : top + chunk] = class_probs.cpu()
+            probabilities[:, top : top + chunk] = class_probs
     return DensePrediction(label_map, score_sum, pixel_count, probabilities)

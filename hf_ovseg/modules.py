@@ -12,6 +12,8 @@ The formulas are those of ``DESIGN.md`` section 2; each function names the modul
 
 from __future__ import annotations
 
+import functools
+
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +55,7 @@ def outlier_scores(attn_probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return cls_to_patch / (self_attn + eps)
 
 
+@functools.lru_cache(maxsize=32)
 def grid_neighbours(
     grid_size: tuple[int, int], device: torch.device | str | None = None
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -60,6 +63,7 @@ def grid_neighbours(
 
     Returns:
         index [N, 8] (long; 0 where invalid) and valid [N, 8] (bool; False outside the grid).
+        Cached per (grid, device): every crop of a sliding window shares one grid.
     """
     rows, cols = grid_size
     offsets = torch.tensor([(-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1)], device=device)
@@ -101,7 +105,7 @@ def suppress_outliers(
         return patches
 
     outliers = scores.topk(k, dim=-1).indices  # [B, k]
-    index, valid = grid_neighbours(grid_size, patches.device)
+    index, valid = grid_neighbours(tuple(grid_size), patches.device)
     nbr = index[outliers]  # [B, k, 8]
     nbr_valid = valid[outliers]  # [B, k, 8]
 
@@ -189,13 +193,15 @@ def clearclip_attention(q: torch.Tensor, scale: float) -> torch.Tensor:
     return _softmax(_gram(q, q, scale))
 
 
+@functools.lru_cache(maxsize=32)
 def gaussian_prior(
     grid_size: tuple[int, int],
     std: float = 1.0,
     device: torch.device | str | None = None,
     dtype: torch.dtype = torch.float32,
 ) -> torch.Tensor:
-    """NACLIP's neighbourhood prior ``exp(-||p_i - p_j||² / (2 std²))`` between patch positions: [N, N]."""
+    """NACLIP's neighbourhood prior ``exp(-||p_i - p_j||² / (2 std²))`` between patch positions: [N, N].
+    Cached per (grid, std, device, dtype); treat the result as read-only."""
     rows, cols = grid_size
     r = torch.arange(rows, device=device, dtype=torch.float32).repeat_interleave(cols)
     c = torch.arange(cols, device=device, dtype=torch.float32).repeat(rows)
@@ -205,7 +211,7 @@ def gaussian_prior(
 
 def naclip_attention(k: torch.Tensor, scale: float, grid_size: tuple[int, int], std: float = 1.0) -> torch.Tensor:
     """NACLIP: ``softmax(s KKᵀ + G)`` with the Gaussian prior ``G`` on the patch-patch block."""
-    prior = _pad_cls(gaussian_prior(grid_size, std, k.device, k.dtype))
+    prior = _pad_cls(gaussian_prior(tuple(grid_size), std, k.device, k.dtype))
     return _softmax(_gram(k, k, scale) + prior)
 
 

@@ -15,7 +15,6 @@ from __future__ import annotations
 import copy
 from typing import Any
 
-import numpy as np
 import torch
 from PIL import Image
 from transformers import AutoModel, Pipeline
@@ -27,8 +26,16 @@ from .processing_ovseg import LabelSet, load_image, parse_labels
 TASK = "zero-shot-image-segmentation"
 
 PREPROCESS_KEYS = ("short_side",)
-FORWARD_KEYS = ("crop_size", "stride", "crop_batch_size", "templates")
-POSTPROCESS_KEYS = ("background_threshold", "background_label", "return_label_map", "return_probabilities")
+FORWARD_KEYS = (
+    "crop_size",
+    "stride",
+    "crop_batch_size",
+    "templates",
+    "background_threshold",
+    "background_label",
+    "return_probabilities",
+)
+POSTPROCESS_KEYS = ("return_label_map", "return_probabilities")
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
@@ -79,7 +86,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         if unknown:
             raise ValueError(f"unknown argument(s) {', '.join(unknown)} for the {TASK} pipeline")
         preprocess = {k: kwargs[k] for k in PREPROCESS_KEYS if k in kwargs}
-        forward = {k: kwargs[k] for k in FORWARD_KEYS if k in kwargs}
+        forward = {k: kwargs[k] for k in FORWARD_KEYS if k in kwargs}  # label prediction runs on the model's device
         postprocess = {k: kwargs[k] for k in POSTPROCESS_KEYS if k in kwargs}
         knobs = {k: kwargs[k] for k in METHOD_KNOBS if k in kwargs}
         if method is not None or knobs:
@@ -87,7 +94,6 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             forward["method_knobs"] = {"method": method, **knobs}
         if labels is not None:
             forward["labels"] = labels
-            postprocess["labels"] = labels
         return preprocess, forward, postprocess
 
     def preprocess(self, image: Any, short_side: int | None = 448) -> dict[str, Any]:
@@ -95,7 +101,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
         picture = load_image(image)
         return {
-            "pixel_values": self.processor.preprocess_image(picture, short_side),
+            "pixels": self.processor.resize(picture, short_side),  # uint8: normalised on the model's device
             "original_size": (picture.height, picture.width),
         }
 
@@ -107,12 +113,15 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         stride: int = 112,
         crop_batch_size: int = 8,
         templates: list[str] | None = None,
+        background_threshold: float = 0.0,
+        background_label: str | None = None,
+        return_probabilities: bool = False,
         method_knobs: dict[str, Any] | None = None,
     ) -> dict[str, Any]:
         model = self.model
         text = self.processor.text_embeddings(model, labels, templates)
         dtype = next(model.parameters()).dtype
-        pixel_values = model_inputs["pixel_values"].to(dtype)
+        pixel_values = self.processor.normalize(model_inputs["pixels"]).to(dtype)
         patch_size = model.config.vision_config.patch_size
 
         def forward(crops: torch.Tensor) -> torch.Tensor:
@@ -123,17 +132,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 logits = slide_logits(forward, pixel_values, patch_size, crop_size, stride, crop_batch_size)
         else:
             logits = slide_logits(forward, pixel_values, patch_size, crop_size, stride, crop_batch_size)
-        return {"logits": logits, "original_size": model_inputs["original_size"]}
 
-    def postprocess(
-        self,
-        model_outputs: dict[str, Any],
-        labels: LabelSet,
-        background_threshold: float = 0.0,
-        background_label: str | None = None,
-        return_label_map: bool = False,
-        return_probabilities: bool = False,
-    ) -> Any:
         names = list(labels.labels)
         background_index = None
         if background_threshold > 0 or background_label is not None:
@@ -142,26 +141,33 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 names.append(background_label)
             background_index = names.index(background_label)
         prediction = predict_labels(
-            model_outputs["logits"],
+            logits,
             labels.synonym_index,
-            model_outputs["original_size"],
+            model_inputs["original_size"],
             background_threshold,
             background_index,
             return_probabilities,
         )
-        label_map = prediction.label_map.numpy()
-        segments = []
-        for index, name in enumerate(names):
-            count = int(prediction.pixel_count[index])
-            if count == 0:
-                continue
-            mask = Image.fromarray(np.where(label_map == index, 255, 0).astype(np.uint8), mode="L")
-            segments.append({"label": name, "score": float(prediction.score_sum[index]) / count, "mask": mask})
+        present = torch.nonzero(prediction.pixel_count).flatten()
+        # [P, H, W] 0/255 masks made on the model's device; the bool->uint8 view and in-place scale avoid two
+        # extra full-resolution copies (this is most of the memory of a very large image).
+        masks = (prediction.label_map[None] == present[:, None, None]).view(torch.uint8).mul_(255)
+        return {"prediction": prediction, "names": names, "present": present, "masks": masks}
+
+    def postprocess(
+        self, model_outputs: dict[str, Any], return_label_map: bool = False, return_probabilities: bool = False
+    ) -> Any:
+        prediction, names = model_outputs["prediction"], model_outputs["names"]
+        counts, scores = prediction.pixel_count.tolist(), prediction.score_sum.tolist()
+        segments = [
+            {"label": names[index], "score": scores[index] / counts[index], "mask": Image.fromarray(mask.numpy())}
+            for index, mask in zip(model_outputs["present"].tolist(), model_outputs["masks"], strict=True)
+        ]
         if not (return_label_map or return_probabilities):
             return segments
-        result = {"segments": segments, "label_map": label_map, "labels": names}
+        result = {"segments": segments, "label_map": prediction.label_map.cpu().numpy(), "labels": names}
         if return_probabilities:
-            result["probabilities"] = prediction.probabilities.numpy()
+            result["probabilities"] = prediction.probabilities.cpu().numpy()
         return result
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:

@@ -21,27 +21,87 @@ from transformers import ProcessorMixin
 
 #: The 80 prompt templates OpenAI used for zero-shot ImageNet, the default of every training-free OVSS method.
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
-    "a bad photo of a {}.", "a photo of many {}.", "a sculpture of a {}.", "a photo of the hard to see {}.",
-    "a low resolution photo of the {}.", "a rendering of a {}.", "graffiti of a {}.", "a bad photo of the {}.",
-    "a cropped photo of the {}.", "a tattoo of a {}.", "the embroidered {}.", "a photo of a hard to see {}.",
-    "a bright photo of a {}.", "a photo of a clean {}.", "a photo of a dirty {}.", "a dark photo of the {}.",
-    "a drawing of a {}.", "a photo of my {}.", "the plastic {}.", "a photo of the cool {}.",
-    "a close-up photo of a {}.", "a black and white photo of the {}.", "a painting of the {}.",
-    "a painting of a {}.", "a pixelated photo of the {}.", "a sculpture of the {}.", "a bright photo of the {}.",
-    "a cropped photo of a {}.", "a plastic {}.", "a photo of the dirty {}.", "a jpeg corrupted photo of a {}.",
-    "a blurry photo of the {}.", "a photo of the {}.", "a good photo of the {}.", "a rendering of the {}.",
-    "a {} in a video game.", "a photo of one {}.", "a doodle of a {}.", "a close-up photo of the {}.",
-    "a photo of a {}.", "the origami {}.", "the {} in a video game.", "a sketch of a {}.", "a doodle of the {}.",
-    "a origami {}.", "a low resolution photo of a {}.", "the toy {}.", "a rendition of the {}.",
-    "a photo of the clean {}.", "a photo of a large {}.", "a rendition of a {}.", "a photo of a nice {}.",
-    "a photo of a weird {}.", "a blurry photo of a {}.", "a cartoon {}.", "art of a {}.", "a sketch of the {}.",
-    "a embroidered {}.", "a pixelated photo of a {}.", "itap of the {}.", "a jpeg corrupted photo of the {}.",
-    "a good photo of a {}.", "a plushie {}.", "a photo of the nice {}.", "a photo of the small {}.",
-    "a photo of the weird {}.", "the cartoon {}.", "art of the {}.", "a drawing of the {}.",
-    "a photo of the large {}.", "a black and white photo of a {}.", "the plushie {}.", "a dark photo of a {}.",
-    "itap of a {}.", "graffiti of the {}.", "a toy {}.", "itap of my {}.", "a photo of a cool {}.",
-    "a photo of a small {}.", "a tattoo of the {}.",
-)  # fmt: skip
+    "a bad photo of a {}.",
+    "a photo of many {}.",
+    "a sculpture of a {}.",
+    "a photo of the hard to see {}.",
+    "a low resolution photo of the {}.",
+    "a rendering of a {}.",
+    "graffiti of a {}.",
+    "a bad photo of the {}.",
+    "a cropped photo of the {}.",
+    "a tattoo of a {}.",
+    "the embroidered {}.",
+    "a photo of a hard to see {}.",
+    "a bright photo of a {}.",
+    "a photo of a clean {}.",
+    "a photo of a dirty {}.",
+    "a dark photo of the {}.",
+    "a drawing of a {}.",
+    "a photo of my {}.",
+    "the plastic {}.",
+    "a photo of the cool {}.",
+    "a close-up photo of a {}.",
+    "a black and white photo of the {}.",
+    "a painting of the {}.",
+    "a painting of a {}.",
+    "a pixelated photo of the {}.",
+    "a sculpture of the {}.",
+    "a bright photo of the {}.",
+    "a cropped photo of a {}.",
+    "a plastic {}.",
+    "a photo of the dirty {}.",
+    "a jpeg corrupted photo of a {}.",
+    "a blurry photo of the {}.",
+    "a photo of the {}.",
+    "a good photo of the {}.",
+    "a rendering of the {}.",
+    "a {} in a video game.",
+    "a photo of one {}.",
+    "a doodle of a {}.",
+    "a close-up photo of the {}.",
+    "a photo of a {}.",
+    "the origami {}.",
+    "the {} in a video game.",
+    "a sketch of a {}.",
+    "a doodle of the {}.",
+    "a origami {}.",
+    "a low resolution photo of a {}.",
+    "the toy {}.",
+    "a rendition of the {}.",
+    "a photo of the clean {}.",
+    "a photo of a large {}.",
+    "a rendition of a {}.",
+    "a photo of a nice {}.",
+    "a photo of a weird {}.",
+    "a blurry photo of a {}.",
+    "a cartoon {}.",
+    "art of a {}.",
+    "a sketch of the {}.",
+    "a embroidered {}.",
+    "a pixelated photo of a {}.",
+    "itap of the {}.",
+    "a jpeg corrupted photo of the {}.",
+    "a good photo of a {}.",
+    "a plushie {}.",
+    "a photo of the nice {}.",
+    "a photo of the small {}.",
+    "a photo of the weird {}.",
+    "the cartoon {}.",
+    "art of the {}.",
+    "a drawing of the {}.",
+    "a photo of the large {}.",
+    "a black and white photo of a {}.",
+    "the plushie {}.",
+    "a dark photo of a {}.",
+    "itap of a {}.",
+    "graffiti of the {}.",
+    "a toy {}.",
+    "itap of my {}.",
+    "a photo of a cool {}.",
+    "a photo of a small {}.",
+    "a tattoo of the {}.",
+)
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
 
@@ -186,16 +246,23 @@ class OVSegProcessor(ProcessorMixin):
         Returns:
             [1, 3, H, W] float32 tensor.
         """
+        return self.normalize(self.resize(image, short_side))
+
+    def resize(self, image: Image.Image, short_side: int | None = None) -> torch.Tensor:
+        """[1, 3, H, W] uint8 pixels, resized (bilinear, aspect kept) so the short side is ``short_side``."""
         if short_side is not None:
             width, height = image.size
             scale = short_side / min(width, height)
             size = (max(1, round(width * scale)), max(1, round(height * scale)))
             if size != image.size:
                 image = image.resize(size, Image.Resampling.BILINEAR)
-        pixels = torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1).float()
-        mean = torch.tensor(self.image_processor.image_mean).view(3, 1, 1)
-        std = torch.tensor(self.image_processor.image_std).view(3, 1, 1)
-        return ((pixels / 255.0 - mean) / std)[None]
+        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)[None]
+
+    def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
+        """uint8 [B, 3, H, W] -> CLIP-normalised float32, on the pixels' device."""
+        mean = torch.tensor(self.image_processor.image_mean, device=pixels.device).view(1, 3, 1, 1)
+        std = torch.tensor(self.image_processor.image_std, device=pixels.device).view(1, 3, 1, 1)
+        return (pixels.float() / 255.0 - mean) / std
 
     # -- text --------------------------------------------------------------------------------------
 

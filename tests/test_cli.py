@@ -25,8 +25,9 @@ def run(capsys, *argv):
 def test_segment_writes_label_map_overlay_and_json(tiny_folder, shared_data, tmp_path, capsys):
     photos = [shared_data / "voc" / "JPEGImages" / "2007_000033.jpg", shared_data / "arc2017" / "image.jpg"]
     out = tmp_path / "out"
-    code, stdout, _ = run(capsys, "segment", *photos, "--labels", "aeroplane,sky,grass", "--model", tiny_folder,
-                          "--out", out, *FAST)  # fmt: skip
+    code, stdout, _ = run(
+        capsys, "segment", *photos, "--labels", "aeroplane,sky,grass", "--model", tiny_folder, "--out", out, *FAST
+    )
     assert code == 0
     for photo in photos:
         stem, size = photo.stem, Image.open(photo).size
@@ -51,8 +52,23 @@ def test_labels_file_synonyms_and_tiny_image(tiny_folder, tmp_path, capsys):
     labels.write_text("sky,clouds\n\nroad\n")
     tiny = tmp_path / "tiny.png"
     Image.fromarray(np.full((5, 3), 200, np.uint8)).save(tiny)  # smaller than a patch: padded, then segmented
-    code, _, err = run(capsys, "segment", tiny, "--labels-file", labels, "--model", tiny_folder, "--out",
-                       tmp_path / "o", "--short-side", "0", "--crop-size", "0", "--method", "clearclip")  # fmt: skip
+    code, _, err = run(
+        capsys,
+        "segment",
+        tiny,
+        "--labels-file",
+        labels,
+        "--model",
+        tiny_folder,
+        "--out",
+        tmp_path / "o",
+        "--short-side",
+        "0",
+        "--crop-size",
+        "0",
+        "--method",
+        "clearclip",
+    )
     assert code == 0, err
     summary = json.loads((tmp_path / "o" / "tiny.json").read_text())
     assert summary["labels"] == ["sky", "road"] and summary["method"] == "clearclip"
@@ -96,8 +112,11 @@ def test_offline_default_model_error_says_how_to_fix(tmp_path):
     env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HUB_CACHE": str(tmp_path / "empty"), "HF_HOME": str(tmp_path)}
     result = subprocess.run(
         [sys.executable, "-m", "hf_ovseg.cli", "segment", str(image), "--labels", "a,b", "--out", str(tmp_path / "o")],
-        env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 2
     assert "openai/clip-vit-base-patch16" in result.stderr and "offline" in result.stderr
     assert "--model /path/to/" in result.stderr

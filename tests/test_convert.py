@@ -36,14 +36,22 @@ def openai_state_dict(arch: ClipArch, seed: int = 0) -> dict[str, torch.Tensor]:
         out = {}
         for i in range(layers):
             p = f"{prefix}{i}."
-            out.update({
-                p + "attn.in_proj_weight": rand(3 * width, width), p + "attn.in_proj_bias": rand(3 * width),
-                p + "attn.out_proj.weight": rand(width, width), p + "attn.out_proj.bias": rand(width),
-                p + "ln_1.weight": 1 + rand(width), p + "ln_1.bias": rand(width),
-                p + "ln_2.weight": 1 + rand(width), p + "ln_2.bias": rand(width),
-                p + "mlp.c_fc.weight": rand(mlp, width), p + "mlp.c_fc.bias": rand(mlp),
-                p + "mlp.c_proj.weight": rand(width, mlp), p + "mlp.c_proj.bias": rand(width),
-            })  # fmt: skip
+            out.update(
+                {
+                    p + "attn.in_proj_weight": rand(3 * width, width),
+                    p + "attn.in_proj_bias": rand(3 * width),
+                    p + "attn.out_proj.weight": rand(width, width),
+                    p + "attn.out_proj.bias": rand(width),
+                    p + "ln_1.weight": 1 + rand(width),
+                    p + "ln_1.bias": rand(width),
+                    p + "ln_2.weight": 1 + rand(width),
+                    p + "ln_2.bias": rand(width),
+                    p + "mlp.c_fc.weight": rand(mlp, width),
+                    p + "mlp.c_fc.bias": rand(mlp),
+                    p + "mlp.c_proj.weight": rand(width, mlp),
+                    p + "mlp.c_proj.bias": rand(width),
+                }
+            )
         return out
 
     grid = arch.image_size // arch.patch_size
@@ -52,15 +60,18 @@ def openai_state_dict(arch: ClipArch, seed: int = 0) -> dict[str, torch.Tensor]:
         "visual.class_embedding": rand(vw, scale=0.5),
         "visual.positional_embedding": rand(grid * grid + 1, vw, scale=0.5),
         "visual.conv1.weight": rand(vw, 3, arch.patch_size, arch.patch_size),
-        "visual.ln_pre.weight": 1 + rand(vw), "visual.ln_pre.bias": rand(vw),
-        "visual.ln_post.weight": 1 + rand(vw), "visual.ln_post.bias": rand(vw),
+        "visual.ln_pre.weight": 1 + rand(vw),
+        "visual.ln_pre.bias": rand(vw),
+        "visual.ln_post.weight": 1 + rand(vw),
+        "visual.ln_post.bias": rand(vw),
         "visual.proj": rand(vw, arch.projection_dim),
         "token_embedding.weight": rand(arch.vocab_size, tw, scale=0.5),
         "positional_embedding": rand(arch.context_length, tw, scale=0.5),
-        "ln_final.weight": 1 + rand(tw), "ln_final.bias": rand(tw),
+        "ln_final.weight": 1 + rand(tw),
+        "ln_final.bias": rand(tw),
         "text_projection": rand(tw, arch.projection_dim),
         "logit_scale": torch.tensor(4.6052),
-    }  # fmt: skip
+    }
     state.update(blocks("visual.transformer.resblocks.", vw, arch.vision_mlp, arch.vision_layers))
     state.update(blocks("transformer.resblocks.", tw, arch.text_mlp, arch.text_layers))
     return state
@@ -157,7 +168,10 @@ def test_conversion_is_lossless(kind, shape, tmp_path, capsys):
     assert main(["convert", str(source), str(out), *flags]) == 0, capsys.readouterr().err
     files = {p.name for p in out.iterdir()}
     assert {"model.safetensors", "config.json", "README.md", "vocab.json", "tokenizer.json"} & files >= {
-        "model.safetensors", "config.json", "README.md"}  # fmt: skip
+        "model.safetensors",
+        "config.json",
+        "README.md",
+    }
     assert not any(name.endswith((".bin", ".pt", ".pth")) for name in files)
     config = json.loads((out / "config.json").read_text())
     assert config["auto_map"]["AutoModel"] == "modeling_ovseg.OVSegModel"
@@ -169,8 +183,9 @@ def test_conversion_is_lossless(kind, shape, tmp_path, capsys):
     model = OVSegModel.from_pretrained(out, method="vanilla").eval()
     processor = OVSegProcessor.from_pretrained(out)
     pixels = torch.randn(2, 3, arch.image_size, arch.image_size)
-    tokens = processor.tokenizer(["a photo of a cat", "a diagram"], padding="max_length", max_length=77,
-                                 return_tensors="pt")  # fmt: skip
+    tokens = processor.tokenizer(
+        ["a photo of a cat", "a diagram"], padding="max_length", max_length=77, return_tensors="pt"
+    )
     assert tokens["input_ids"][0, :7].tolist() == [49406, 320, 1125, 539, 320, 2368, 49407]
     with torch.no_grad():
         image = model.get_dense_image_features(pixels).cls_embeds
@@ -209,8 +224,9 @@ def test_every_source_kind_reloads_in_clean_process(tmp_path, capsys):
     script.write_text(CHILD.format(repo=str(Path(__file__).resolve().parents[1])))
     env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
     env.update({"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")})
-    result = subprocess.run([sys.executable, str(script), *folders], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600)  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, str(script), *folders], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     for folder in folders:
         with torch.no_grad():
@@ -225,11 +241,20 @@ def test_hf_clip_folder_source(tmp_path):
     from hf_ovseg.tokenizer_files import build_clip_tokenizer
 
     torch.manual_seed(0)
-    clip = CLIPModel(CLIPConfig(text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2,
-                                             "num_attention_heads": 2},
-                                vision_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 3,
-                                               "num_attention_heads": 2, "image_size": 32, "patch_size": 8},
-                                projection_dim=16))  # fmt: skip
+    clip = CLIPModel(
+        CLIPConfig(
+            text_config={"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": 2},
+            vision_config={
+                "hidden_size": 32,
+                "intermediate_size": 64,
+                "num_hidden_layers": 3,
+                "num_attention_heads": 2,
+                "image_size": 32,
+                "patch_size": 8,
+            },
+            projection_dim=16,
+        )
+    )
     source = tmp_path / "clip"
     clip.save_pretrained(source)
     build_clip_tokenizer().save_pretrained(source)
@@ -251,12 +276,14 @@ def _meta(arch: ClipArch) -> dict[str, torch.Tensor]:
         "visual.conv1.weight": torch.empty(vw, 3, arch.patch_size, arch.patch_size, device="meta"),
         "visual.class_embedding": torch.empty(vw, device="meta"),
         "visual.positional_embedding": torch.empty(grid * grid + 1, vw, device="meta"),
-        "visual.ln_pre.weight": torch.empty(vw, device="meta"), "visual.ln_post.weight": torch.empty(vw, device="meta"),
+        "visual.ln_pre.weight": torch.empty(vw, device="meta"),
+        "visual.ln_post.weight": torch.empty(vw, device="meta"),
         "visual.proj": torch.empty(vw, p, device="meta"),
         "token_embedding.weight": torch.empty(arch.vocab_size, tw, device="meta"),
         "positional_embedding": torch.empty(arch.context_length, tw, device="meta"),
-        "ln_final.weight": torch.empty(tw, device="meta"), "text_projection": torch.empty(tw, p, device="meta"),
-    }  # fmt: skip
+        "ln_final.weight": torch.empty(tw, device="meta"),
+        "text_projection": torch.empty(tw, p, device="meta"),
+    }
     for i in range(arch.vision_layers):
         state[f"visual.transformer.resblocks.{i}.mlp.c_fc.weight"] = torch.empty(arch.vision_mlp, vw, device="meta")
     for i in range(arch.text_layers):

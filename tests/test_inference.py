@@ -6,7 +6,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from hf_ovseg.inference import bilinear_matrix, predict_labels, slide_logits, window_boxes
+from hf_ovseg.inference import predict_labels, resize_bilinear, slide_logits, window_boxes
 
 from conftest import tiny_model
 
@@ -78,10 +78,13 @@ def test_small_image_is_padded_and_cut_back():
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(7, 20), (20, 7), (5, 5), (1, 4), (14, 500)])
-def test_bilinear_matrix_equals_interpolate(n_in, n_out):
-    x = torch.randn(3, n_in, 6)
-    expected = F.interpolate(x[None], size=(n_out, 6), mode="bilinear", align_corners=False)[0]
-    torch.testing.assert_close(torch.matmul(bilinear_matrix(n_in, n_out), x), expected, rtol=1e-5, atol=1e-5)
+def test_resize_bilinear_equals_interpolate(n_in, n_out):
+    x = torch.randn(3, n_in, n_in + 3)
+    size = (n_out, n_out + 2)
+    expected = F.interpolate(x[None], size=size, mode="bilinear", align_corners=False)[0]
+    torch.testing.assert_close(resize_bilinear(x, size), expected, rtol=1e-5, atol=1e-5)
+    rows = slice(n_out // 3, n_out // 3 + 2)
+    torch.testing.assert_close(resize_bilinear(x, size, rows), expected[:, rows], rtol=1e-5, atol=1e-5)
 
 
 def test_predict_labels_chunked_matches_direct_computation():
@@ -91,8 +94,9 @@ def test_predict_labels_chunked_matches_direct_computation():
     merged = torch.stack([full[0], full[1:3].amax(0), full[3:5].amax(0)])
     best, labels = merged.max(0)
     labels = torch.where(best < 0.5, torch.full_like(labels, 3), labels)
-    got = predict_labels(logits, synonyms, (37, 50), 0.5, background_index=3, return_probabilities=True,
-                         max_chunk_elements=5 * 50 * 4)  # fmt: skip
+    got = predict_labels(
+        logits, synonyms, (37, 50), 0.5, background_index=3, return_probabilities=True, max_chunk_elements=5 * 50 * 4
+    )
     assert torch.equal(got.label_map, labels.int())
     torch.testing.assert_close(got.probabilities, merged, rtol=1e-5, atol=1e-6)
     for index in range(4):

@@ -87,13 +87,20 @@ def test_background_threshold_and_label(pipe):
     base = pipe(image, candidate_labels=["cat", "dog", "car"], return_probabilities=True, **FAST)
     best = base["probabilities"].max(0)
     threshold = float(np.median(best))
-    out = pipe(image, candidate_labels=["cat", "dog", "car"], background_threshold=threshold,
-               return_label_map=True, **FAST)  # fmt: skip
+    out = pipe(
+        image, candidate_labels=["cat", "dog", "car"], background_threshold=threshold, return_label_map=True, **FAST
+    )
     assert out["labels"] == ["cat", "dog", "car", "background"]
     assert np.array_equal(out["label_map"] == 3, best < threshold)
     assert np.array_equal(out["label_map"][best >= threshold], base["label_map"][best >= threshold])
-    own = pipe(image, candidate_labels=["cat", "dog", "car"], background_threshold=threshold,
-               background_label="dog", return_label_map=True, **FAST)  # fmt: skip
+    own = pipe(
+        image,
+        candidate_labels=["cat", "dog", "car"],
+        background_threshold=threshold,
+        background_label="dog",
+        return_label_map=True,
+        **FAST,
+    )
     assert own["labels"] == ["cat", "dog", "car"]
     assert (own["label_map"][best < threshold] == 1).all()
 
@@ -114,14 +121,20 @@ def test_per_call_method_override_without_reload(shared_data):
     fresh = tiny_pipeline("clearclip")(photo, candidate_labels=LABELS, return_probabilities=True, **FAST)
     np.testing.assert_allclose(overridden["probabilities"], fresh["probabilities"], rtol=1e-4, atol=1e-5)
     knob = pipe(photo, candidate_labels=LABELS, outlier_top_k=0, return_probabilities=True, **FAST)
-    no_outliers = tiny_pipeline("seed", outlier_top_k=0)(photo, candidate_labels=LABELS, return_probabilities=True,
-                                                        **FAST)  # fmt: skip
+    no_outliers = tiny_pipeline("seed", outlier_top_k=0)(
+        photo, candidate_labels=LABELS, return_probabilities=True, **FAST
+    )
     np.testing.assert_allclose(knob["probabilities"], no_outliers["probabilities"], rtol=1e-4, atol=1e-5)
 
 
 def test_whole_image_and_tiny_image(pipe):
-    out = pipe(np.zeros((5, 3, 3), np.uint8), candidate_labels=["a", "b"], short_side=None, crop_size=None,
-               return_label_map=True)  # fmt: skip
+    out = pipe(
+        np.zeros((5, 3, 3), np.uint8),
+        candidate_labels=["a", "b"],
+        short_side=None,
+        crop_size=None,
+        return_label_map=True,
+    )
     assert out["label_map"].shape == (5, 3)
     out = pipe(np.zeros((5, 3, 3), np.uint8), candidate_labels=["a", "b"], short_side=None, return_label_map=True)
     assert out["label_map"].shape == (5, 3)
@@ -174,8 +187,12 @@ def test_remote_code_pipeline_in_clean_process(tiny_folder, tmp_path, shared_dat
     env.update({"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")})
     result = subprocess.run(
         [sys.executable, str(script), str(tiny_folder), str(photo), str(tmp_path / "map.npy")],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert result.returncode == 0, result.stderr[-3000:]
     local = ZeroShotImageSegmentationPipeline(model=tiny_model(), processor=tiny_pipeline().processor, task=TASK)
     expected = local(str(photo), candidate_labels=["aeroplane", "sky,clouds", "grass"], return_label_map=True, **FAST)

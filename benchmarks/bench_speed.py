@@ -1,0 +1,157 @@
+"""Speed of hf_ovseg against the physical floor: the plain CLIP ViT forward over the same crops.
+
+Builds a ViT-B/16-sized OVSegModel with random weights (speed does not depend on the values) and times,
+in one run and for each dtype:
+
+1. floor: ``CLIPVisionModel`` (same weights, unmodified) over exactly the crops the pipeline makes for a
+   448x672 image (short side 448, crop 224, stride 112: 15 crops), in the pipeline's batches;
+2. the full pipeline call on that image, 21 labels, ``method="seed"`` (text embeddings cached);
+3. the same with ``method="vanilla"``.
+
+Prints a markdown table with the medians, the ratio pipeline/floor, images/s and peak memory.
+
+    python benchmarks/bench_speed.py                       # fp32 and bf16 on CPU (fp16 on CUDA if present)
+    python benchmarks/bench_speed.py --device cuda --dtypes float16
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import resource
+import statistics
+import time
+
+import numpy as np
+import torch
+from PIL import Image
+from transformers import CLIPVisionModel
+from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
+from hf_ovseg import TASK, OVSegModel, OVSegProcessor, ZeroShotImageSegmentationPipeline
+from hf_ovseg.convert import ARCHS
+from hf_ovseg.inference import batched, window_boxes
+from hf_ovseg.tokenizer_files import build_clip_tokenizer
+
+VOC21 = [
+    "background",
+    "aeroplane",
+    "bicycle",
+    "bird",
+    "boat",
+    "bottle",
+    "bus",
+    "car",
+    "cat",
+    "chair",
+    "cow",
+    "diningtable",
+    "dog",
+    "horse",
+    "motorbike",
+    "person",
+    "pottedplant",
+    "sheep",
+    "sofa",
+    "train",
+    "tvmonitor",
+]
+HEIGHT, WIDTH, CROP, STRIDE, BATCH = 448, 672, 224, 112, 8
+
+
+def cpu_name() -> str:
+    try:
+        with open("/proc/cpuinfo") as info:
+            return next(line.split(":", 1)[1].strip() for line in info if line.startswith("model name"))
+    except (OSError, StopIteration):
+        return platform.processor() or platform.machine()
+
+
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
+        torch.cuda.synchronize()
+
+
+def median_time(fn, device: torch.device, repeats: int) -> float:
+    fn()  # warm-up (allocator, kernels, text cache)
+    times = []
+    for _ in range(repeats):
+        sync(device)
+        start = time.perf_counter()
+        fn()
+        sync(device)
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+def peak_memory_mb(device: torch.device) -> float:
+    if device.type == "cuda":
+        return torch.cuda.max_memory_allocated(device) / 2**20
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+
+
+def bench(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    model = OVSegModel(ARCHS["ViT-B-16"].config("seed")).to(device=device, dtype=dtype).eval()
+    floor_model = CLIPVisionModel(model.config.vision_config).to(device=device, dtype=dtype).eval()
+    floor_model.load_state_dict(model.vision_model.state_dict())
+    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
+    pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device=device)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+    pixels = processor.preprocess_image(photo, HEIGHT).to(device=device, dtype=dtype)
+    boxes = window_boxes(HEIGHT, WIDTH, CROP, STRIDE)
+
+    def floor() -> None:
+        with torch.inference_mode():
+            for group in batched(boxes, BATCH):
+                floor_model(pixel_values=torch.cat([pixels[..., t:b, l:r] for t, b, l, r in group]))
+
+    def run(method: str):
+        return lambda: pipe(photo, candidate_labels=VOC21, method=method, batch_size=BATCH)
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {"floor": median_time(floor, device, repeats)}
+    result["seed"] = median_time(run("seed"), device, repeats)
+    result["vanilla"] = median_time(run("vanilla"), device, repeats)
+    result["peak_mb"] = peak_memory_mb(device)
+    result["crops"] = len(boxes)
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    parser.add_argument(
+        "--dtypes", default=None, help="comma-separated; default float32,bfloat16 (CPU), float16 (CUDA)"
+    )
+    parser.add_argument("--repeats", type=int, default=5)
+    parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = torch.device(args.device)
+    dtypes = (
+        args.dtypes.split(",") if args.dtypes else (["float16"] if device.type == "cuda" else ["float32", "bfloat16"])
+    )
+    name = torch.cuda.get_device_name(device) if device.type == "cuda" else cpu_name()
+    print(
+        f"device: {device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} CPU threads, "
+        f"ViT-B/16 random weights, {HEIGHT}x{WIDTH} image, crop {CROP}/stride {STRIDE}, batch {BATCH}, "
+        f"21 labels, median of {args.repeats}"
+    )
+    print()
+    header = "| dtype | floor (s) | seed (s) | vanilla (s) | seed / floor | vanilla / floor | seed images/s | peak MB |"
+    print(header)
+    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+    for dtype_name in dtypes:
+        r = bench(getattr(torch, dtype_name), device, args.repeats)
+        print(
+            f"| {dtype_name} | {r['floor']:.3f} | {r['seed']:.3f} | {r['vanilla']:.3f} | {r['seed'] / r['floor']:.3f} "
+            f"| {r['vanilla'] / r['floor']:.3f} | {1 / r['seed']:.2f} | {r['peak_mb']:.0f} |",
+            flush=True,
+        )
+
+
+if __name__ == "__main__":
+    main()
