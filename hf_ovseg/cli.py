@@ -42,28 +42,34 @@ def read_labels(labels: str | None, labels_file: str | None) -> list[str]:
     return items
 
 
+#: Inference protocol used when neither a flag nor a --protocol gives a value.
+DEFAULT_PROTOCOL = {"short_side": 448, "crop_size": 224, "stride": 112, "batch_size": 8, "background_threshold": 0.0}
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
-    """Model and protocol options shared by ``segment`` and ``evaluate``."""
+    """Model and protocol options shared by ``segment`` and ``evaluate`` (unset values: see DEFAULT_PROTOCOL)."""
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub repo id (default: {DEFAULT_MODEL})")
-    parser.add_argument("--method", default="seed", choices=list(METHOD_PRESETS), help="method preset (default: seed)")
+    parser.add_argument("--method", default=None, choices=list(METHOD_PRESETS), help="method preset (default: seed)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
     parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (default: float32)")
-    parser.add_argument("--short-side", type=int, default=448, help="resize short side to this (0 = keep)")
-    parser.add_argument("--crop-size", type=int, default=224, help="sliding window side (0 = whole image)")
-    parser.add_argument("--stride", type=int, default=112, help="sliding window stride")
-    parser.add_argument("--batch-size", type=int, default=8, help="crops per forward pass")
-    parser.add_argument("--background-threshold", type=float, default=0.0, help="below it, pixels are background")
+    parser.add_argument("--short-side", type=int, default=None, help="resize short side to this, 0 = keep (448)")
+    parser.add_argument("--crop-size", type=int, default=None, help="sliding window side, 0 = whole image (224)")
+    parser.add_argument("--stride", type=int, default=None, help="sliding window stride (112)")
+    parser.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (8)")
+    parser.add_argument("--background-threshold", type=float, default=None, help="below it: background (0)")
     parser.add_argument("--background-label", default=None, help="label for thresholded pixels (default: background)")
+    parser.add_argument("--logit-scale", type=float, default=None, help="dense logit scale (default: the model's)")
 
 
-def protocol_kwargs(args: argparse.Namespace) -> dict[str, Any]:
-    kwargs = {
-        "short_side": args.short_side or None,
-        "crop_size": args.crop_size or None,
-        "stride": args.stride,
-        "batch_size": args.batch_size,
-        "background_threshold": args.background_threshold,
-    }
+def protocol_kwargs(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Pipeline protocol arguments: explicit flags, else ``base`` (a named protocol), else the defaults."""
+    base = {**DEFAULT_PROTOCOL, **(base or {})}
+    kwargs = {name: getattr(args, name) if getattr(args, name) is not None else base[name] for name in DEFAULT_PROTOCOL}
+    kwargs["short_side"] = kwargs["short_side"] or None
+    kwargs["crop_size"] = kwargs["crop_size"] or None
+    logit_scale = args.logit_scale if args.logit_scale is not None else base.get("dense_logit_scale")
+    if logit_scale is not None:
+        kwargs["dense_logit_scale"] = logit_scale
     if args.background_label is not None:
         kwargs["background_label"] = args.background_label
     return kwargs
@@ -100,7 +106,8 @@ def segment(args: argparse.Namespace) -> int:
     if len(set(stems)) != len(stems):
         raise CLIError("two input images have the same file name; their outputs would overwrite each other")
 
-    pipe = load_pipeline(args.model, args.method, args.dtype, args.device)
+    method = args.method or "seed"
+    pipe = load_pipeline(args.model, method, args.dtype, args.device)
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs = protocol_kwargs(args)
     for image, stem in tqdm(list(zip(args.images, stems, strict=True)), desc="segment", unit="image"):
@@ -120,7 +127,7 @@ def segment(args: argparse.Namespace) -> int:
             "width": photo.width,
             "height": photo.height,
             "model": args.model,
-            "method": args.method,
+            "method": method,
             "labels": names,
             "classes": classes,
         }
@@ -194,8 +201,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
     from .api import load_pipeline
     from .evaluation import evaluate_methods, load_benchmark, markdown_table, update_model_card
+    from .evaluation.protocols import SOURCES, resolve_protocol
 
-    methods = [m.strip() for m in (args.methods or args.method).split(",") if m.strip()]
+    base = resolve_protocol(args.protocol, args.dataset).to_dict() if args.protocol else {}
+    methods = [m.strip() for m in (args.methods or args.method or base.get("method", "seed")).split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHOD_PRESETS]
     if unknown:
         raise CLIError(f"unknown method(s) {', '.join(unknown)}; valid methods: {', '.join(METHOD_PRESETS)}")
@@ -205,8 +214,10 @@ def evaluate_command(args: argparse.Namespace) -> int:
     state = PartialState()
     device = args.device or (str(state.device) if state.device.type != "mps" else "cpu")
     pipe = load_pipeline(args.model, methods[0], args.dtype, device)
-    protocol = protocol_kwargs(args)
+    protocol = protocol_kwargs(args, base)
     protocol.pop("background_label", None)  # the dataset decides where thresholded pixels go
+    if args.protocol:
+        protocol = {"name": args.protocol, "source": SOURCES[args.protocol], **protocol}
 
     def sum_over_processes(matrix):
         if state.num_processes == 1:
@@ -214,16 +225,9 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return reduce(torch.from_numpy(matrix).to(state.device), reduction="sum").cpu().numpy()
 
     results = evaluate_methods(
-        pipe,
-        bench,
-        methods,
-        protocol,
-        args.model,
-        state.process_index,
-        state.num_processes,
-        sum_over_processes,
+        pipe, bench, methods, protocol, args.model, state.process_index, state.num_processes, sum_over_processes,
         progress=state.is_local_main_process,
-    )
+    )  # fmt: skip
     if state.is_main_process:
         print(markdown_table(results))
         if args.out:
@@ -231,6 +235,16 @@ def evaluate_command(args: argparse.Namespace) -> int:
             Path(args.out).write_text(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
         if args.update_model_card:
             update_model_card(args.update_model_card, results)
+    return 0
+
+
+def protocols_command(args: argparse.Namespace) -> int:
+    from .evaluation.protocols import SOURCES, protocol_table
+
+    print(protocol_table())
+    print()
+    for name, source in SOURCES.items():
+        print(f"- {name}: {source}")
     return 0
 
 
@@ -258,12 +272,21 @@ def build_parser() -> argparse.ArgumentParser:
         "udd5, vdd",
     )
     ev.add_argument("--data-root", required=True, help="the dataset's folder, in its standard layout")
+    ev.add_argument(
+        "--protocol",
+        default=None,
+        help="an anchor's protocol: sclip, naclip, clearclip, segearth, sfp "
+        "(see hf-ovseg protocols); explicit flags override it",
+    )
     ev.add_argument("--methods", default=None, help="comma-separated methods for an ablation (overrides --method)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
     ev.add_argument("--out", default=None, help="write the results (JSON) here")
     ev.add_argument("--update-model-card", default=None, help="write the results table into this README.md")
     add_inference_arguments(ev)
     ev.set_defaults(run=evaluate_command)
+
+    prot = commands.add_parser("protocols", help="print the anchors' evaluation protocols")
+    prot.set_defaults(run=protocols_command)
 
     conv = commands.add_parser("convert", help="turn a CLIP checkpoint into a Hub-ready OVSeg folder")
     conv.add_argument("source", help="HF CLIP folder or repo id, OpenAI .pt, or OpenCLIP .pt/.bin/.safetensors")

@@ -8,7 +8,9 @@ from huggingface_hub.dataclasses import strict
 from transformers import CLIPConfig
 from transformers.utils import logging
 
-from .modules import ATTENTION_MODES, GLOBAL_DEBIAS_MODES
+from .modules import ATTENTION_MODES, GLOBAL_DEBIAS_MODES, SIMILARITY_MODES
+
+OUTLIER_RULES = ("seed", "sfp")
 
 logger = logging.get_logger(__name__)
 
@@ -36,11 +38,25 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "sclip": {**_MODULES_OFF, "attention_mode": "sclip"},
     "clearclip": {**_MODULES_OFF, "attention_mode": "clearclip"},
     "naclip": {**_MODULES_OFF, "attention_mode": "naclip"},
-    "segearth": {**_MODULES_OFF, "attention_mode": "segearth"},
+    # SegEarth-OV: its attention plus its logit-space global-bias step (SimFeatUp is not included: its
+    # trained weights are not available).
+    "segearth": {**_MODULES_OFF, "attention_mode": "segearth", "cls_logit_lambda": -0.3},
+    # SFP: outliers (CLS attends more than self, top 10) of block L-1 replaced by their neighbours' mean,
+    # a thresholded cosine map of block 9's output, and the three-softmax attention in the last block.
+    "sfp": {
+        **_MODULES_OFF,
+        "attention_mode": "sfp",
+        "outlier_suppression": True,
+        "outlier_rule": "sfp",
+        "outlier_top_k": 10,
+        "similarity_enhancement": True,
+        "similarity_layer": 9,
+    },
 }
 
 #: Knobs that do not depend on the preset, with their defaults.
 KNOB_DEFAULTS: dict[str, Any] = {
+    "outlier_rule": "seed",
     "outlier_top_k": 30,
     "outlier_tau": 0.1,
     "similarity_weight": 1.0,
@@ -48,10 +64,18 @@ KNOB_DEFAULTS: dict[str, Any] = {
     "similarity_layer": None,
     "global_debias_mode": "similarity",
     "dense_logit_scale": 50.0,
+    "cls_logit_lambda": 0.0,
 }
 
 #: Every knob a ``method=`` preset or a per-call override may set.
 METHOD_KNOBS: tuple[str, ...] = tuple(METHOD_PRESETS["seed"]) + tuple(KNOB_DEFAULTS)
+
+
+def preset_values(method: str) -> dict[str, Any]:
+    """Every knob of a named preset: the shared defaults, overridden by the preset's own values."""
+    if method not in METHOD_PRESETS:
+        raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_PRESETS)}")
+    return {**KNOB_DEFAULTS, **METHOD_PRESETS[method]}
 
 
 @strict
@@ -63,7 +87,9 @@ class OVSegConfig(CLIPConfig):
 
     method (`str`, defaults to `"seed"`): named preset, one of ``METHOD_PRESETS``.
     attention_mode (`str`): last-block attention, one of ``ATTENTION_MODES``.
-    outlier_suppression (`bool`): module 1 on the last block's patch tokens.
+    outlier_suppression (`bool`): outlier suppression (module 1, or SFP's rule, see ``outlier_rule``).
+    outlier_rule (`str`, `"seed"`): ``"seed"`` = module 1 on the last block's output; ``"sfp"`` = SFP's rule
+        (block L-1 attention, neighbour mean on the last block's input and on the similarity features).
     outlier_top_k (`int`, 30): outliers per crop (clamped to the number of patches; 0 disables).
     outlier_tau (`float`, 0.1): decontamination strength τ of module 1.
     similarity_enhancement (`bool`): add the mid-layer self-similarity map S to the gated attention.
@@ -73,6 +99,8 @@ class OVSegConfig(CLIPConfig):
     global_debias_mode (`str`, `"similarity"`): or ``"uniform"`` (plain CLS subtraction).
     last_block_residual, last_block_mlp (`bool`): keep the last block's residual / MLP.
     dense_logit_scale (`float`, 50.0): multiplies the patch-text cosine to give logits.
+    cls_logit_lambda (`float`, 0.0; -0.3 for segearth): SegEarth-OV's logit-space global-bias step,
+        ``logits = scale * (cos(patch, text) + λ cos(cls, text))``.
     """
 
     model_type = "ovseg"
@@ -80,6 +108,7 @@ class OVSegConfig(CLIPConfig):
     method: str = "seed"
     attention_mode: str | None = None
     outlier_suppression: bool | None = None
+    outlier_rule: str | None = None
     outlier_top_k: int | None = None
     outlier_tau: float | None = None
     similarity_enhancement: bool | None = None
@@ -91,6 +120,7 @@ class OVSegConfig(CLIPConfig):
     last_block_residual: bool | None = None
     last_block_mlp: bool | None = None
     dense_logit_scale: float | None = None
+    cls_logit_lambda: float | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         kwargs.pop("model_type", None)  # a plain CLIP config.json says "clip"; this class is "ovseg"
@@ -99,9 +129,7 @@ class OVSegConfig(CLIPConfig):
         self.check_method_knobs()
 
     def _fill_from_preset(self) -> None:
-        if self.method not in METHOD_PRESETS:
-            raise ValueError(f"unknown method {self.method!r}; valid methods: {', '.join(METHOD_PRESETS)}")
-        for name, value in {**METHOD_PRESETS[self.method], **KNOB_DEFAULTS}.items():
+        for name, value in preset_values(self.method).items():
             if getattr(self, name) is None and value is not None:
                 setattr(self, name, value)
 
@@ -141,10 +169,7 @@ class OVSegConfig(CLIPConfig):
         if unknown:
             raise ValueError(f"unknown method knob(s) {', '.join(unknown)}; valid knobs: {', '.join(METHOD_KNOBS)}")
         if method is not None:
-            if method not in METHOD_PRESETS:
-                raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_PRESETS)}")
-            preset = {**METHOD_PRESETS[method], **KNOB_DEFAULTS}
-            knobs = {**preset, **knobs}
+            knobs = {**preset_values(method), **knobs}
             self.method = method
         for name, value in knobs.items():
             setattr(self, name, value)
@@ -160,11 +185,15 @@ class OVSegConfig(CLIPConfig):
             raise ValueError(
                 f"unknown global_debias_mode {self.global_debias_mode!r}; valid modes: {', '.join(GLOBAL_DEBIAS_MODES)}"
             )
-        if self.similarity_enhancement and self.attention_mode != "gated":
+        if self.similarity_enhancement and self.attention_mode not in SIMILARITY_MODES:
             raise ValueError(
-                "similarity_enhancement=True needs attention_mode='gated' (module 2); "
+                "similarity_enhancement=True needs attention_mode='gated' (module 2) or 'sfp'; "
                 f"got attention_mode={self.attention_mode!r}"
             )
+        if self.attention_mode == "sfp" and not self.similarity_enhancement:
+            raise ValueError("attention_mode='sfp' needs similarity_enhancement=True (its cosine map)")
+        if self.outlier_rule not in OUTLIER_RULES:
+            raise ValueError(f"unknown outlier_rule {self.outlier_rule!r}; valid rules: {', '.join(OUTLIER_RULES)}")
         if self.outlier_top_k < 0:
             raise ValueError(f"outlier_top_k must be >= 0, got {self.outlier_top_k}")
         if not 0.0 <= self.outlier_tau <= 1.0:
@@ -181,4 +210,13 @@ class OVSegConfig(CLIPConfig):
             )
 
 
-__all__ = ["ATTENTION_MODES", "GLOBAL_DEBIAS_MODES", "KNOB_DEFAULTS", "METHOD_KNOBS", "METHOD_PRESETS", "OVSegConfig"]
+__all__ = [
+    "ATTENTION_MODES",
+    "GLOBAL_DEBIAS_MODES",
+    "KNOB_DEFAULTS",
+    "METHOD_KNOBS",
+    "METHOD_PRESETS",
+    "OUTLIER_RULES",
+    "OVSegConfig",
+    "preset_values",
+]

@@ -35,6 +35,8 @@ from .modules import (
     attention_probs,
     global_debias,
     outlier_scores,
+    replace_with_neighbour_mean,
+    sfp_outliers,
     similarity_map,
     suppress_outliers,
     vanilla_attention,
@@ -78,7 +80,7 @@ class OVSegDenseFeatures(ModelOutput):
 class OVSegOutput(ModelOutput):
     """Output of [`OVSegModel.forward`].
 
-    logits: [B, K, rows, cols] ``dense_logit_scale * cos(patch, text)``.
+    logits: [B, K, rows, cols] ``dense_logit_scale * (cos(patch, text) + cls_logit_lambda * cos(cls, text))``.
     patch_embeds: [B, N, P]. text_embeds: [K, P] normalised. grid_size, outlier_indices as above.
     """
 
@@ -127,20 +129,50 @@ class OVSegVisionModel(CLIPVisionModel):
         hidden = self.pre_layrnorm(hidden)
 
         # Blocks 1..L-1, unchanged. hidden_states[m] is the output of block m (hidden_states[0] = input).
+        num_layers = len(self.encoder.layers)
         mid_layer = cfg.resolved_similarity_layer if cfg.similarity_enhancement else None
+        sfp_rule = cfg.outlier_suppression and cfg.outlier_rule == "sfp"
         mid = hidden if mid_layer == 0 else None
         for index, layer in enumerate(self.encoder.layers[:-1], start=1):
+            if sfp_rule and index == num_layers - 1:
+                before_last = hidden  # SFP scores outliers with block L-1's own attention
             hidden = layer(hidden, None)
             if index == mid_layer:
                 mid = hidden
 
-        hidden, outlier_indices = self.last_block(hidden, grid_size, mid)
+        outlier_indices = None
+        if sfp_rule:
+            hidden, mid, outlier_indices = self.sfp_purify(before_last, hidden, mid, grid_size)
+        hidden, seed_outliers = self.last_block(hidden, grid_size, mid)
+        if seed_outliers is not None:
+            outlier_indices = seed_outliers
         return OVSegVisionOutput(
             last_hidden_state=hidden,
             pooler_output=self.post_layernorm(hidden[:, 0]),
             grid_size=grid_size,
             outlier_indices=outlier_indices,
         )
+
+    def sfp_purify(
+        self, before: torch.Tensor, hidden: torch.Tensor, mid: torch.Tensor | None, grid_size: tuple[int, int]
+    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
+        """SFP's outlier rule: score with block L-1's attention (on its input ``before``), then replace the
+        outliers by their neighbours' mean in ``hidden`` (block L-1's output) and in ``mid``. -> [B, k] indices."""
+        block = self.encoder.layers[-2]
+        attn = block.self_attn
+        batch, tokens, _ = before.shape
+        normed = block.layer_norm1(before)
+        q, k = (
+            proj(normed).view(batch, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
+            for proj in (attn.q_proj, attn.k_proj)
+        )
+        indices, valid = sfp_outliers(vanilla_attention(q, k, attn.scale), self.method_config.outlier_top_k)
+
+        def purify(states: torch.Tensor) -> torch.Tensor:
+            patches = replace_with_neighbour_mean(states[:, 1:], indices, valid, grid_size)
+            return torch.cat([states[:, :1], patches], dim=1)
+
+        return purify(hidden), (purify(mid) if mid is not None else None), indices
 
     def last_block(
         self, hidden: torch.Tensor, grid_size: tuple[int, int], mid: torch.Tensor | None
@@ -171,7 +203,7 @@ class OVSegVisionModel(CLIPVisionModel):
         if cfg.last_block_mlp:
             out = out + block.mlp(block.layer_norm2(out))
 
-        if not cfg.outlier_suppression or cfg.outlier_top_k == 0:
+        if not cfg.outlier_suppression or cfg.outlier_rule != "seed" or cfg.outlier_top_k == 0:
             return out, None
         vanilla = probs if cfg.attention_mode == "vanilla" else vanilla_attention(q, k, attn.scale)
         scores = outlier_scores(vanilla)
@@ -243,12 +275,21 @@ class OVSegModel(CLIPModel):
         )
 
     def dense_logits(
-        self, patch_embeds: torch.Tensor, text_embeds: torch.Tensor, grid_size: tuple[int, int]
+        self,
+        patch_embeds: torch.Tensor,
+        text_embeds: torch.Tensor,
+        grid_size: tuple[int, int],
+        cls_embeds: torch.Tensor | None = None,
     ) -> torch.Tensor:
-        """``dense_logit_scale * cos(patch, text)``: [B, N, P] x [K, P] -> [B, K, rows, cols]."""
+        """``dense_logit_scale * (cos(patch, text) + cls_logit_lambda * cos(cls, text))``:
+        [B, N, P] x [K, P] (x [B, P]) -> [B, K, rows, cols]."""
         patch_embeds = F.normalize(patch_embeds, dim=-1)
         text_embeds = F.normalize(text_embeds, dim=-1).to(patch_embeds.dtype)
-        logits = torch.einsum("bnp,kp->bkn", patch_embeds, text_embeds) * self.config.dense_logit_scale
+        logits = torch.einsum("bnp,kp->bkn", patch_embeds, text_embeds)
+        if self.config.cls_logit_lambda and cls_embeds is not None:
+            cls_logits = F.normalize(cls_embeds, dim=-1) @ text_embeds.T  # [B, K]
+            logits = logits + self.config.cls_logit_lambda * cls_logits[..., None]
+        logits = logits * self.config.dense_logit_scale
         return logits.reshape(*logits.shape[:2], *grid_size)
 
     def forward(
@@ -276,7 +317,7 @@ class OVSegModel(CLIPModel):
             raise ValueError(f"text_embeds must be [num_classes, projection_dim], got {tuple(text_embeds.shape)}")
         dense = self.get_dense_image_features(pixel_values)
         return OVSegOutput(
-            logits=self.dense_logits(dense.patch_embeds, text_embeds, dense.grid_size),
+            logits=self.dense_logits(dense.patch_embeds, text_embeds, dense.grid_size, dense.cls_embeds),
             patch_embeds=dense.patch_embeds,
             text_embeds=F.normalize(text_embeds, dim=-1),
             grid_size=dense.grid_size,

@@ -17,7 +17,8 @@ import functools
 import torch
 import torch.nn.functional as F
 
-ATTENTION_MODES = ("gated", "vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth")
+ATTENTION_MODES = ("gated", "vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "sfp")
+SIMILARITY_MODES = ("gated", "sfp")  # the attention modes that take a self-similarity map
 GLOBAL_DEBIAS_MODES = ("similarity", "uniform")
 
 
@@ -220,6 +221,75 @@ def segearth_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     return _softmax(_gram(q, q, scale)) + _softmax(_gram(k, k, scale)) + _softmax(_gram(v, v, scale))
 
 
+def sfp_attention(
+    q: torch.Tensor, k: torch.Tensor, similarity: torch.Tensor, scale: float, threshold: float = 0.4
+) -> torch.Tensor:
+    """SFP's last-block attention among patches: ``(softmax(s KKᵀ) + softmax(s QQᵀ) + softmax(S')) / 3``.
+
+    ``S'`` is the cosine map with values below ``threshold`` set to 0, centred on its mean (per image),
+    scaled by 3, and negative entries masked out (-inf), as in the authors' code. Patches do not attend
+    to CLS; the CLS row is the identity (CLS keeps its own value).
+
+    Args:
+        q, k: [B, h, 1+N, d]. similarity: [B, N, N] cosine map of mid-layer patch tokens.
+    Returns:
+        [B, h, 1+N, 1+N].
+    """
+    qp, kp = q[:, :, 1:], k[:, :, 1:]
+    sim = torch.where(similarity < threshold, torch.zeros_like(similarity), similarity)
+    sim = (sim - sim.mean(dim=(-2, -1), keepdim=True)) * 3.0
+    sim = sim.masked_fill(sim < 0, float("-inf"))
+    patch = (_softmax(_gram(kp, kp, scale)) + _softmax(_gram(qp, qp, scale)) + _softmax(sim).unsqueeze(1)) / 3
+    probs = _pad_cls(patch.to(q.dtype))
+    probs[:, :, 0, 0] = 1.0
+    return probs
+
+
+def sfp_outliers(attn_probs: torch.Tensor, top_k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """SFP's outlier rule: patch ``i`` is a candidate when CLS attends to it more than it attends to itself
+    (``A[0, i] > A[i, i]``, head-mean attention); the ``top_k`` candidates with the largest ``A[0, i]`` are kept.
+
+    Args:
+        attn_probs: [B, h, 1+N, 1+N].
+    Returns:
+        indices [B, k] and valid [B, k] (False where an image has fewer than k candidates).
+    """
+    attn = attn_probs.mean(dim=1)
+    cls_to_patch = attn[:, 0, 1:]
+    self_attn = attn.diagonal(dim1=-2, dim2=-1)[:, 1:]
+    candidates = cls_to_patch.masked_fill(cls_to_patch <= self_attn, float("-inf"))
+    values, indices = candidates.topk(min(top_k, candidates.shape[-1]), dim=-1)
+    return indices, torch.isfinite(values)
+
+
+def replace_with_neighbour_mean(
+    patches: torch.Tensor, indices: torch.Tensor, valid: torch.Tensor, grid_size: tuple[int, int]
+) -> torch.Tensor:
+    """SFP's outlier repair: each outlier becomes the mean of its in-grid 8-neighbours that are not
+    outliers themselves (zero when it has none, as in the authors' code).
+
+    Args:
+        patches: [B, N, D]. indices, valid: [B, k] from [`sfp_outliers`].
+    Returns:
+        [B, N, D].
+    """
+    batch, num_patches, dim = patches.shape
+    if indices.shape[1] == 0:
+        return patches
+    is_outlier = torch.zeros(batch, num_patches + 1, dtype=torch.bool, device=patches.device)
+    is_outlier.scatter_(1, torch.where(valid, indices, num_patches), True)  # invalid slots go to a spare column
+    is_outlier = is_outlier[:, :num_patches]
+    index, in_grid = grid_neighbours(tuple(grid_size), patches.device)
+    nbr, nbr_in_grid = index[indices], in_grid[indices]  # [B, k, 8]
+    use = nbr_in_grid & ~is_outlier.gather(1, nbr.view(batch, -1)).view_as(nbr)
+    x_nbr = patches.gather(1, nbr.reshape(batch, -1, 1).expand(-1, -1, dim)).view(batch, -1, 8, dim)
+    mean = (x_nbr * use[..., None]).sum(2) / use.sum(-1, keepdim=True).clamp(min=1)
+    # Invalid slots write into a spare row that is dropped, so they can never overwrite a real outlier.
+    target = torch.where(valid, indices, num_patches)[..., None].expand(-1, -1, dim)
+    padded = torch.cat([patches, patches.new_zeros(batch, 1, dim)], dim=1)
+    return padded.scatter(1, target, mean.to(patches.dtype))[:, :num_patches]
+
+
 def attention_probs(
     mode: str,
     q: torch.Tensor,
@@ -231,8 +301,13 @@ def attention_probs(
     similarity_weight: float = 1.0,
 ) -> torch.Tensor:
     """Dispatch to the attention of ``mode`` (one of ``ATTENTION_MODES``): -> [B, h, 1+N, 1+N]."""
-    if similarity is not None and mode != "gated":
-        raise ValueError(f"a similarity map is only used by attention_mode='gated', not {mode!r}")
+    if similarity is not None and mode not in SIMILARITY_MODES:
+        modes = " or ".join(SIMILARITY_MODES)
+        raise ValueError(f"a similarity map is only used by attention_mode {modes}, not {mode!r}")
+    if mode == "sfp":
+        if similarity is None:
+            raise ValueError("attention_mode='sfp' needs the similarity map (similarity_enhancement=True)")
+        return sfp_attention(q, k, similarity, scale)
     if mode == "gated":
         return gated_attention(q, k, scale, similarity, similarity_weight)
     if mode == "vanilla":
@@ -280,6 +355,7 @@ def global_debias(patches: torch.Tensor, cls: torch.Tensor, factor: float, mode:
 __all__ = [
     "ATTENTION_MODES",
     "GLOBAL_DEBIAS_MODES",
+    "SIMILARITY_MODES",
     "attention_probs",
     "clearclip_attention",
     "gated_attention",
@@ -291,6 +367,9 @@ __all__ = [
     "outlier_scores",
     "sclip_attention",
     "segearth_attention",
+    "sfp_attention",
+    "sfp_outliers",
+    "replace_with_neighbour_mean",
     "similarity_map",
     "suppress_outliers",
     "vanilla_attention",

@@ -14,7 +14,7 @@ def cos(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
 
 def softmax_row(values: list[torch.Tensor]) -> list[torch.Tensor]:
     top = max(float(v) for v in values)
-    exps = [math.exp(float(v) - top) for v in values]
+    exps = [math.exp(float(v) - top) if float(v) != float("-inf") else 0.0 for v in values]
     total = sum(exps)
     return [torch.tensor(e / total, dtype=torch.float64) for e in exps]
 
@@ -119,6 +119,8 @@ def gaussian(grid_size, std=1.0):
 
 def attention_mode(mode, q, k, v, scale, grid_size, similarity=None, weight=1.0):
     batch, heads, tokens, _ = q.shape
+    if mode == "sfp":
+        return sfp_attention(q, k, similarity, scale)
     if mode == "gated":
         return gated(q, k, scale, similarity, weight)
     if mode == "vanilla":
@@ -144,4 +146,45 @@ def global_debias(patches, cls, factor, mode="similarity"):
             x = patches[b, i].double()
             weight = float(cos(x, c)) if mode == "similarity" else 1.0
             out[b, i] = x - factor * weight * c
+    return out
+
+
+def sfp_outliers(attn_probs, top_k):
+    """Candidates with A[0, i] > A[i, i] (head mean), ordered by A[0, i]; the first top_k of each image."""
+    out = []
+    attn = attn_probs.double().mean(dim=1)
+    for b in range(attn.shape[0]):
+        candidates = [(float(attn[b, 0, i]), i - 1) for i in range(1, attn.shape[1]) if attn[b, 0, i] > attn[b, i, i]]
+        out.append([i for _, i in sorted(candidates, reverse=True)[:top_k]])
+    return out
+
+
+def neighbour_mean(patches, outliers, grid_size):
+    """Each outlier <- mean of its in-grid 8-neighbours that are not outliers (zero if none)."""
+    rows, cols = grid_size
+    x = patches.double()
+    out = x.clone()
+    for b, chosen in enumerate(outliers):
+        for i in chosen:
+            nbrs = [j for j in neighbours(i, rows, cols) if j not in chosen]
+            out[b, i] = sum(x[b, j] for j in nbrs) / len(nbrs) if nbrs else torch.zeros_like(x[b, i])
+    return out
+
+
+def sfp_attention(q, k, cosine, scale, threshold=0.4):
+    batch, heads, tokens, _ = q.shape
+    out = torch.zeros(batch, heads, tokens, tokens, dtype=torch.float64)
+    for b in range(batch):
+        sim = cosine[b].double().clone()
+        sim[sim < threshold] = 0.0
+        sim = (sim - sim.mean()) * 3.0
+        for h in range(heads):
+            out[b, h, 0, 0] = 1.0
+            for i in range(1, tokens):
+                kk = softmax_row([dot(k, b, h, i, k, j, scale) for j in range(1, tokens)])
+                qq = softmax_row([dot(q, b, h, i, q, j, scale) for j in range(1, tokens)])
+                row = [float(v) if v >= 0 else float("-inf") for v in sim[i - 1]]
+                ss = softmax_row(row)
+                for j in range(1, tokens):
+                    out[b, h, i, j] = (kk[j - 1] + qq[j - 1] + ss[j - 1]) / 3
     return out

@@ -50,23 +50,35 @@ def reference_dense(model: OVSegModel, pixel_values: torch.Tensor, text_embeds: 
 
     heads, layers = vc.num_attention_heads, vc.num_hidden_layers
     scale = (vc.hidden_size // heads) ** -0.5
+
+    def qkv(states, index):
+        y = _layer_norm(states, sd, f"{p}encoder.layers.{index}.layer_norm1")
+        return [_heads(_linear(y, sd, f"{p}encoder.layers.{index}.self_attn.{n}_proj"), heads) for n in "qkv"]
+
     hidden_states = [h]
     for i in range(layers - 1):
         name = f"{p}encoder.layers.{i}."
-        y = _layer_norm(h, sd, name + "layer_norm1")
-        q, k, v = (_heads(_linear(y, sd, name + f"self_attn.{n}_proj"), heads) for n in "qkv")
+        q, k, v = qkv(h, i)
         a = ((q @ k.transpose(-1, -2)) * scale).softmax(-1) @ v
         h = h + _linear(a.transpose(1, 2).flatten(2), sd, name + "self_attn.out_proj")
         z = _linear(_layer_norm(h, sd, name + "layer_norm2"), sd, name + "mlp.fc1")
         h = h + _linear(z * torch.sigmoid(1.702 * z), sd, name + "mlp.fc2")  # quick_gelu
         hidden_states.append(h)
 
+    mid = hidden_states[cfg.resolved_similarity_layer] if cfg.similarity_enhancement else None
+    sfp_rule = cfg.outlier_suppression and cfg.outlier_rule == "sfp"
+    if sfp_rule:  # outliers from block L-1's attention; neighbour mean in its output and in the mid features
+        q, k, _ = qkv(hidden_states[layers - 2], layers - 2)
+        chosen = ref.sfp_outliers(((q @ k.transpose(-1, -2)) * scale).softmax(-1), cfg.outlier_top_k)
+        h = torch.cat([h[:, :1], ref.neighbour_mean(h[:, 1:], chosen, (rows, cols))], 1)
+        if mid is not None:
+            mid = torch.cat([mid[:, :1], ref.neighbour_mean(mid[:, 1:], chosen, (rows, cols))], 1)
+
     name = f"{p}encoder.layers.{layers - 1}."
-    y = _layer_norm(h, sd, name + "layer_norm1")
-    q, k, v = (_heads(_linear(y, sd, name + f"self_attn.{n}_proj"), heads) for n in "qkv")
+    q, k, v = qkv(h, layers - 1)
     sim = None
     if cfg.similarity_enhancement:
-        sim = ref.similarity_map(hidden_states[cfg.resolved_similarity_layer][:, 1:], cfg.similarity_temperature)
+        sim = ref.similarity_map(mid[:, 1:], cfg.similarity_temperature)
     probs = ref.attention_mode(cfg.attention_mode, q, k, v, scale, (rows, cols), sim, cfg.similarity_weight)
     out = _linear((probs @ v).transpose(1, 2).flatten(2), sd, name + "self_attn.out_proj")
     if cfg.last_block_residual:
@@ -74,21 +86,24 @@ def reference_dense(model: OVSegModel, pixel_values: torch.Tensor, text_embeds: 
     if cfg.last_block_mlp:
         z = _linear(_layer_norm(out, sd, name + "layer_norm2"), sd, name + "mlp.fc1")
         out = out + _linear(z * torch.sigmoid(1.702 * z), sd, name + "mlp.fc2")
-    if cfg.outlier_suppression:
+    if cfg.outlier_suppression and not sfp_rule:
         scores = ref.outlier_scores(((q @ k.transpose(-1, -2)) * scale).softmax(-1))
         out = torch.cat(
             [out[:, :1], ref.suppress_outliers(out[:, 1:], scores, (rows, cols), cfg.outlier_top_k, cfg.outlier_tau)], 1
         )
     emb = _layer_norm(out, sd, p + "post_layernorm") @ sd["visual_projection.weight"].T
     patch_embeds = ref.global_debias(emb[:, 1:], emb[:, 0], cfg.global_debias_factor, cfg.global_debias_mode)
-    logits = F.normalize(patch_embeds, dim=-1) @ F.normalize(text_embeds.double(), dim=-1).T * cfg.dense_logit_scale
+    text = F.normalize(text_embeds.double(), dim=-1)
+    logits = F.normalize(patch_embeds, dim=-1) @ text.T
+    logits = (logits + cfg.cls_logit_lambda * (F.normalize(emb[:, :1], dim=-1) @ text.T)) * cfg.dense_logit_scale
     return logits.transpose(1, 2).reshape(x.shape[0], -1, rows, cols)
 
 
 @pytest.mark.parametrize("method", list(METHOD_PRESETS))
 @pytest.mark.parametrize("size", [(32, 32), (24, 40)])
 def test_dense_path_matches_independent_reimplementation(method, size):
-    model = tiny_model(method, outlier_top_k=4, global_debias_factor=0.3, outlier_suppression=True)
+    layer = {"similarity_layer": 2} if method == "sfp" else {}  # SFP's block 9 does not exist in 4 layers
+    model = tiny_model(method, outlier_top_k=4, global_debias_factor=0.3, outlier_suppression=True, **layer)
     torch.manual_seed(1)
     pixels, text = torch.randn(2, 3, *size), torch.randn(5, 16)
     with torch.no_grad():
@@ -99,7 +114,7 @@ def test_dense_path_matches_independent_reimplementation(method, size):
 
 @pytest.mark.parametrize("mode", ATTENTION_MODES)
 def test_every_attention_mode_matches_reference(mode):
-    knobs = {"similarity_enhancement": mode == "gated", "global_debias_mode": "uniform"}
+    knobs = {"similarity_enhancement": mode in ("gated", "sfp"), "global_debias_mode": "uniform"}
     model = tiny_model("seed", attention_mode=mode, similarity_layer=2, similarity_temperature=0.5, **knobs)
     pixels, text = torch.randn(1, 3, 32, 24), torch.randn(3, 16)
     with torch.no_grad():
@@ -163,6 +178,12 @@ def test_presets_and_explicit_overrides():
     for name in ("maskclip", "sclip", "clearclip", "naclip", "segearth"):
         cfg = tiny_config(name)
         assert cfg.attention_mode == name and not cfg.outlier_suppression and not cfg.last_block_mlp
+    assert tiny_config("segearth").cls_logit_lambda == -0.3 and seed.cls_logit_lambda == 0.0
+    sfp = tiny_config("sfp", similarity_layer=2)
+    assert (sfp.attention_mode, sfp.outlier_rule, sfp.outlier_top_k) == ("sfp", "sfp", 10)
+    assert sfp.similarity_enhancement and sfp.global_debias_factor == 0.0
+    with pytest.raises(ValueError, match=r"similarity_layer .* \[0, 3\]; got 9"):
+        tiny_config("sfp")
     assert tiny_config("clearclip", global_debias_factor=0.5).global_debias_factor == 0.5
 
 

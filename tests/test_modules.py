@@ -110,11 +110,45 @@ def test_gated_similarity_only_touches_patch_block():
     torch.testing.assert_close(got[:, :, 0], plain_logits.softmax(-1)[:, :, 0])
 
 
-@pytest.mark.parametrize("mode", ["vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "gated"])
+@pytest.mark.parametrize("mode", ["vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "gated", "sfp"])
 def test_attention_modes_match_loop(mode):
     q, k, v = qkv(3)
-    got = modules.attention_probs(mode, q, k, v, 0.45, GRID)
-    torch.testing.assert_close(got.double(), ref.attention_mode(mode, q, k, v, 0.45, GRID), rtol=1e-5, atol=1e-6)
+    sim = modules.similarity_map(torch.randn(2, N, 7)) if mode == "sfp" else None
+    got = modules.attention_probs(mode, q, k, v, 0.45, GRID, sim)
+    expected = ref.attention_mode(mode, q, k, v, 0.45, GRID, sim)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+
+
+def test_sfp_outliers_match_loop():
+    q, k, _ = qkv(5, heads=2)
+    probs = modules.vanilla_attention(q * 3, k * 3, 0.45)  # sharp attention: some CLS > self candidates
+    indices, valid = modules.sfp_outliers(probs, top_k=4)
+    expected = ref.sfp_outliers(probs, 4)
+    for b in range(2):
+        assert indices[b][valid[b]].tolist() == expected[b]
+    assert any(len(e) for e in expected)
+
+
+def test_neighbour_mean_matches_loop_and_masks_other_outliers():
+    g = torch.Generator().manual_seed(0)
+    patches = torch.randn(2, N, 5, generator=g)
+    indices = torch.tensor([[0, 1, 5], [11, 3, 3]])
+    valid = torch.tensor([[True, True, True], [True, True, False]])  # an invalid slot changes nothing
+    got = modules.replace_with_neighbour_mean(patches, indices, valid, GRID)
+    expected = ref.neighbour_mean(patches, [[0, 1, 5], [11, 3]], GRID)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
+    # patch 0's neighbours are 1, 4, 5; 1 and 5 are outliers, so it takes patch 4's value exactly
+    torch.testing.assert_close(got[0, 0], patches[0, 4])
+
+
+def test_sfp_threshold_and_cls_row():
+    q, k, _ = qkv(6)
+    sim = torch.eye(N).expand(2, N, N).clone()  # only self-similarity survives the 0.4 threshold
+    probs = modules.sfp_attention(q, k, sim, 0.45)
+    cls_row = torch.nn.functional.one_hot(torch.tensor(0), 1 + N).float()
+    torch.testing.assert_close(probs[:, :, 0], cls_row.expand(2, 3, -1))
+    assert torch.all(probs[:, :, 1:, 0] == 0)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, 1 + N))
 
 
 def test_gaussian_prior_matches_loop():
@@ -125,7 +159,7 @@ def test_attention_probs_errors():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="unknown attention mode 'bogus'; valid modes: gated, vanilla"):
         modules.attention_probs("bogus", q, k, v, 0.5, GRID)
-    with pytest.raises(ValueError, match="only used by attention_mode='gated'"):
+    with pytest.raises(ValueError, match="only used by attention_mode gated or sfp"):
         modules.attention_probs("clearclip", q, k, v, 0.5, GRID, similarity=torch.zeros(2, N, N))
 
 

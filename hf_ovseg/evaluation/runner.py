@@ -45,7 +45,8 @@ def pipeline_arguments(bench: BenchmarkDataset, protocol: dict[str, Any]) -> dic
     """Pipeline call arguments for a benchmark: its prompts and the protocol, with thresholded pixels
     falling to the dataset's background class."""
     spec = bench.spec
-    kwargs = {k: v for k, v in protocol.items() if k in ("short_side", "crop_size", "stride", "batch_size")}
+    keys = ("short_side", "crop_size", "stride", "batch_size", "dense_logit_scale")
+    kwargs = {k: v for k, v in protocol.items() if k in keys}
     threshold = protocol.get("background_threshold", 0.0) or 0.0
     if threshold > 0:
         if spec.background_index is None:
@@ -70,7 +71,8 @@ def evaluate_methods(
 
     Args:
         pipe: a ``zero-shot-image-segmentation`` pipeline (weights are loaded once, reused by all methods).
-        protocol: short_side, crop_size, stride, batch_size, background_threshold.
+        protocol: short_side, crop_size, stride, batch_size, background_threshold, optionally dense_logit_scale
+            (a method knob applied to every method) and descriptive entries (name, source) that are recorded.
         process_index, num_processes: this process takes images ``process_index::num_processes``.
         reduce: sums a confusion matrix over processes (identity on one process).
     """
@@ -84,7 +86,8 @@ def evaluate_methods(
     results = []
     for method in methods:
         matrix = np.zeros((spec.num_classes, spec.num_classes + 1), dtype=np.int64)
-        with pipe.model.method_override(method=method):
+        overrides = {k: v for k, v in kwargs.items() if k == "dense_logit_scale"}
+        with pipe.model.method_override(method=method, **overrides):
             knobs = pipe.model.config.method_knobs()
         start = time.perf_counter()
         bar = tqdm(indices, desc=f"{spec.name} {method}", unit="img", disable=not progress, dynamic_ncols=True)
@@ -103,7 +106,12 @@ def evaluate_methods(
                 model=model_name,
                 method=method,
                 knobs=knobs,
-                protocol={**protocol, **kwargs, "dense_logit_scale": knobs["dense_logit_scale"]},
+                protocol={
+                    **protocol,
+                    **kwargs,
+                    "dense_logit_scale": knobs["dense_logit_scale"],
+                    "classes": spec.prompts,
+                },
                 per_class_iou={
                     n: _percent(v) for n, v in zip(spec.class_names, scores["per_category_iou"], strict=True)
                 },
