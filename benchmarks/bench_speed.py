@@ -30,32 +30,11 @@ from transformers.models.clip.image_processing_pil_clip import CLIPImageProcesso
 
 from hf_ovseg import TASK, OVSegModel, OVSegProcessor, ZeroShotImageSegmentationPipeline
 from hf_ovseg.convert import ARCHS
+from hf_ovseg.evaluation.benchmarks import VOC_NAMES
 from hf_ovseg.inference import batched, window_boxes
 from hf_ovseg.tokenizer_files import build_clip_tokenizer
 
-VOC21 = [
-    "background",
-    "aeroplane",
-    "bicycle",
-    "bird",
-    "boat",
-    "bottle",
-    "bus",
-    "car",
-    "cat",
-    "chair",
-    "cow",
-    "diningtable",
-    "dog",
-    "horse",
-    "motorbike",
-    "person",
-    "pottedplant",
-    "sheep",
-    "sofa",
-    "train",
-    "tvmonitor",
-]
+VOC21 = list(VOC_NAMES)
 HEIGHT, WIDTH, CROP, STRIDE, BATCH = 448, 672, 224, 112, 8
 
 

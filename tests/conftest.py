@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+import textwrap
 from pathlib import Path
 
 import pytest
@@ -69,3 +73,26 @@ def tiny_folder(tmp_path_factory) -> Path:
     folder = tmp_path_factory.mktemp("tiny-ovseg")
     tiny_pipeline().save_pretrained(folder)
     return folder
+
+
+REPO_ROOT = str(Path(__file__).resolve().parents[1])
+
+# Prepended to every clean-process script: hf_ovseg cannot be imported, and the checkout is off sys.path,
+# so whatever loads must come from the saved folder's remote code.
+CLEAN_PREAMBLE = f"""
+import sys
+sys.modules["hf_ovseg"] = None
+sys.path = [p for p in sys.path if p and not p.startswith({REPO_ROOT!r})]
+"""
+
+
+def run_clean_process(script: str, args: list[str], tmp_path: Path, env_extra: dict[str, str] | None = None) -> None:
+    """Run ``script`` in a fresh interpreter without hf_ovseg, offline; fail the test with its stderr."""
+    path = tmp_path / "child.py"
+    path.write_text(CLEAN_PREAMBLE + textwrap.dedent(script))
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    env.update({"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), **(env_extra or {})})
+    result = subprocess.run(
+        [sys.executable, str(path), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
+    )
+    assert result.returncode == 0, result.stderr[-3000:]

@@ -4,9 +4,6 @@ source layout, architecture inference, clean-process reloads, malformed sources 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -18,6 +15,8 @@ from safetensors.torch import save_file
 from hf_ovseg import OVSegModel, OVSegProcessor
 from hf_ovseg.cli import main
 from hf_ovseg.convert import ARCHS, ClipArch, ConversionError, convert, infer_arch, read_state_dict
+
+from conftest import run_clean_process
 
 TINY = {
     "b16": ClipArch(64, 16, 128, 2, 2, 256, 128, 2, 2, 256, 77, 49408, 64),
@@ -199,8 +198,6 @@ def test_conversion_is_lossless(kind, shape, tmp_path, capsys):
 CHILD = textwrap.dedent(
     """
     import sys
-    sys.modules["hf_ovseg"] = None
-    sys.path = [p for p in sys.path if p and not p.startswith({repo!r})]
     import torch
     from transformers import AutoModel, pipeline
     for folder in sys.argv[1:]:
@@ -220,14 +217,7 @@ def test_every_source_kind_reloads_in_clean_process(tmp_path, capsys):
         source = write_source(kind, openai_state_dict(TINY["b32"]), tmp_path)
         folders.append(str(tmp_path / f"out-{kind}"))
         assert main(["convert", str(source), folders[-1], *flags]) == 0
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=str(Path(__file__).resolve().parents[1])))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")})
-    result = subprocess.run(
-        [sys.executable, str(script), *folders], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_clean_process(CHILD, folders, tmp_path)
     for folder in folders:
         with torch.no_grad():
             ours = OVSegModel.from_pretrained(folder).eval()(torch.ones(1, 3, 64, 64), text_embeds=torch.ones(2, 32))

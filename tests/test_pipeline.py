@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 import textwrap
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -18,7 +14,7 @@ from hf_ovseg import TASK, ZeroShotImageSegmentationPipeline
 from hf_ovseg.inference import predict_labels, slide_logits
 from hf_ovseg.processing_ovseg import parse_labels
 
-from conftest import tiny_model, tiny_pipeline
+from conftest import run_clean_process, tiny_model, tiny_pipeline
 
 FAST = {"short_side": 64, "crop_size": 32, "stride": 16}
 LABELS = ["aeroplane", "sky,clouds", "grass", "person"]
@@ -166,8 +162,6 @@ def test_pipeline_factory_in_process(tiny_folder):
 REMOTE = textwrap.dedent(
     """
     import sys
-    sys.modules["hf_ovseg"] = None
-    sys.path = [p for p in sys.path if p and not p.startswith({repo!r})]
     import numpy as np
     from transformers import pipeline
     pipe = pipeline("zero-shot-image-segmentation", model=sys.argv[1], trust_remote_code=True)
@@ -181,19 +175,7 @@ REMOTE = textwrap.dedent(
 
 def test_remote_code_pipeline_in_clean_process(tiny_folder, tmp_path, shared_data):
     photo = shared_data / "voc" / "JPEGImages" / "2007_000033.jpg"
-    script = tmp_path / "child.py"
-    script.write_text(REMOTE.format(repo=str(Path(__file__).resolve().parents[1])))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules")})
-    result = subprocess.run(
-        [sys.executable, str(script), str(tiny_folder), str(photo), str(tmp_path / "map.npy")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_clean_process(REMOTE, [str(tiny_folder), str(photo), str(tmp_path / "map.npy")], tmp_path)
     local = ZeroShotImageSegmentationPipeline(model=tiny_model(), processor=tiny_pipeline().processor, task=TASK)
     expected = local(str(photo), candidate_labels=["aeroplane", "sky,clouds", "grass"], return_label_map=True, **FAST)
     assert np.array_equal(np.load(tmp_path / "map.npy"), expected["label_map"])

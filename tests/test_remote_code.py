@@ -4,23 +4,18 @@ from the folder and by repo id from a populated Hugging Face cache under HF_HUB_
 from __future__ import annotations
 
 import json
-import os
 import shutil
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
 import torch
 
-from conftest import tiny_model
+from conftest import run_clean_process, tiny_model
 
 # Runs in a fresh interpreter: hf_ovseg is made unimportable and the repository is off sys.path.
 CHILD = textwrap.dedent(
     """
     import sys
-    sys.modules["hf_ovseg"] = None  # any import of the package now fails
-    sys.path = [p for p in sys.path if p and not p.startswith({repo!r})]
     import torch
     from transformers import AutoConfig, AutoModel
     source, inputs, output = sys.argv[1:4]
@@ -31,11 +26,9 @@ CHILD = textwrap.dedent(
     data = torch.load(inputs)
     with torch.no_grad():
         out = model(data["pixel_values"], text_embeds=data["text_embeds"])
-    torch.save({{"logits": out.logits, "outliers": out.outlier_indices, "module": type(model).__module__}}, output)
+    torch.save({"logits": out.logits, "outliers": out.outlier_indices, "module": type(model).__module__}, output)
     """
 )
-
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
 
 
 def run_child(source: str, tmp_path: Path, env_extra: dict[str, str]) -> dict:
@@ -43,19 +36,7 @@ def run_child(source: str, tmp_path: Path, env_extra: dict[str, str]) -> dict:
     torch.manual_seed(3)
     inputs = {"pixel_values": torch.randn(2, 3, 32, 40), "text_embeds": torch.randn(4, 16)}
     torch.save(inputs, tmp_path / "inputs.pt")
-    script = tmp_path / "child.py"
-    script.write_text(CHILD.format(repo=REPO_ROOT))
-    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
-    env.update({"HF_HUB_OFFLINE": "1", "HF_MODULES_CACHE": str(tmp_path / "modules"), **env_extra})
-    result = subprocess.run(
-        [sys.executable, str(script), source, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")],
-        cwd=tmp_path,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_clean_process(CHILD, [source, str(tmp_path / "inputs.pt"), str(tmp_path / "out.pt")], tmp_path, env_extra)
     got = torch.load(tmp_path / "out.pt")
     with torch.no_grad():
         expected = model(**inputs)
