@@ -7,7 +7,7 @@ The model is CLIP with its last vision block replaced, read top to bottom:
 2. block L: its attention is the configured ``attention_mode`` (``"gated"`` = module 2), with no residual
    and no MLP unless configured;
 3. module 1 (outlier suppression) on block L's output patch tokens, the outliers scored with block L's own
-   vanilla attention;
+   vanilla attention (the ``sfp`` preset instead repairs SFP's outliers of block L-1 before block L);
 4. post-layernorm and visual projection, then module 3 (global debiasing) with the projected CLS token;
 5. cosine similarity with the text embeddings times ``dense_logit_scale``: dense logits [B, K, rows, cols].
 
@@ -107,6 +107,15 @@ def check_pixel_values(pixel_values: torch.Tensor, patch_size: int) -> tuple[int
     return height // patch_size, width // patch_size
 
 
+def project_heads(attn: nn.Module, states: torch.Tensor, names: tuple[str, ...]) -> list[torch.Tensor]:
+    """Per-head projections [B, h, T, d] of ``states`` [B, T, D] by a CLIP attention's ``{name}_proj``."""
+    batch, tokens, _ = states.shape
+    return [
+        getattr(attn, f"{name}_proj")(states).view(batch, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
+        for name in names
+    ]
+
+
 class OVSegVisionModel(CLIPVisionModel):
     """CLIP vision tower with the patched last block. Parameter names are those of [`CLIPVisionModel`].
 
@@ -159,14 +168,9 @@ class OVSegVisionModel(CLIPVisionModel):
         """SFP's outlier rule: score with block L-1's attention (on its input ``before``), then replace the
         outliers by their neighbours' mean in ``hidden`` (block L-1's output) and in ``mid``. -> [B, k] indices."""
         block = self.encoder.layers[-2]
-        attn = block.self_attn
-        batch, tokens, _ = before.shape
-        normed = block.layer_norm1(before)
-        q, k = (
-            proj(normed).view(batch, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
-            for proj in (attn.q_proj, attn.k_proj)
-        )
-        indices, valid = sfp_outliers(vanilla_attention(q, k, attn.scale), self.method_config.outlier_top_k)
+        q, k = project_heads(block.self_attn, block.layer_norm1(before), ("q", "k"))
+        probs = vanilla_attention(q, k, block.self_attn.scale)
+        indices, valid = sfp_outliers(probs, self.method_config.outlier_top_k)
 
         def purify(states: torch.Tensor) -> torch.Tensor:
             patches = replace_with_neighbour_mean(states[:, 1:], indices, valid, grid_size)
@@ -190,11 +194,7 @@ class OVSegVisionModel(CLIPVisionModel):
         attn = block.self_attn
         batch, tokens, width = hidden.shape
 
-        normed = block.layer_norm1(hidden)
-        q, k, v = (
-            proj(normed).view(batch, tokens, attn.num_heads, attn.head_dim).transpose(1, 2)
-            for proj in (attn.q_proj, attn.k_proj, attn.v_proj)
-        )
+        q, k, v = project_heads(attn, block.layer_norm1(hidden), ("q", "k", "v"))
         similarity = similarity_map(mid[:, 1:], cfg.similarity_temperature) if mid is not None else None
         probs = attention_probs(cfg.attention_mode, q, k, v, attn.scale, grid_size, similarity, cfg.similarity_weight)
         out = attn.out_proj(torch.matmul(probs, v).transpose(1, 2).reshape(batch, tokens, width))
