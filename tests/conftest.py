@@ -75,14 +75,15 @@ def tiny_folder(tmp_path_factory) -> Path:
     return folder
 
 
-REPO_ROOT = str(Path(__file__).resolve().parents[1])
+REPO_ROOT = os.path.realpath(Path(__file__).resolve().parents[1])
 
-# Prepended to every clean-process script: hf_ovseg cannot be imported, and the checkout is off sys.path,
-# so whatever loads must come from the saved folder's remote code.
+# Prepended to every clean-process script: hf_ovseg cannot be imported (even through an editable install),
+# and the checkout and its tests are off sys.path (a virtualenv inside the checkout stays), so whatever
+# loads must come from the saved folder's remote code.
 CLEAN_PREAMBLE = f"""
-import sys
+import os, sys
 sys.modules["hf_ovseg"] = None
-sys.path = [p for p in sys.path if p and not p.startswith({REPO_ROOT!r})]
+sys.path = [p for p in sys.path if p and os.path.realpath(p) not in {{{REPO_ROOT!r}, {REPO_ROOT + "/tests"!r}}}]
 """
 
 
