@@ -190,36 +190,29 @@ def test_hand_computed_case_and_reduce_labels(miou):
 # ---- runner ---------------------------------------------------------------------------------------
 
 
+def voc_eval_args(model, shared_data, *extra: str) -> list[str]:
+    """``hf-ovseg evaluate`` on the shared VOC pairs with a small, fast window."""
+    fast = ["--short-side", "64", "--crop-size", "32", "--stride", "16"]
+    return [
+        "evaluate",
+        "--dataset",
+        "voc21",
+        "--data-root",
+        str(shared_data / "voc"),
+        "--model",
+        str(model),
+        *fast,
+        *extra,
+    ]
+
+
 def test_runner_end_to_end_on_real_voc(tiny_folder, shared_data, tmp_path, capsys):
     out = tmp_path / "results.json"
     card = tmp_path / "README.md"
     card.write_text("# card\n<!-- hf-ovseg:eval:start -->\nnothing yet\n<!-- hf-ovseg:eval:end -->\ntail\n")
     code = main(
-        [
-            "evaluate",
-            "--dataset",
-            "voc21",
-            "--data-root",
-            str(shared_data / "voc"),
-            "--model",
-            str(tiny_folder),
-            "--methods",
-            "seed,clearclip",
-            "--limit",
-            "3",
-            "--out",
-            str(out),
-            "--short-side",
-            "64",
-            "--crop-size",
-            "32",
-            "--stride",
-            "16",
-            "--background-threshold",
-            "0.2",
-            "--update-model-card",
-            str(card),
-        ]
+        voc_eval_args(tiny_folder, shared_data, "--methods", "seed,clearclip", "--limit", "3", "--out", str(out))
+        + ["--background-threshold", "0.2", "--update-model-card", str(card)]
     )
     assert code == 0
     results = json.loads(out.read_text())
@@ -267,23 +260,7 @@ def test_shards_sum_to_single_process(shared_data):
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
 def test_accelerate_launch_two_processes(tiny_folder, shared_data, tmp_path):
-    common = [
-        "evaluate",
-        "--dataset",
-        "voc21",
-        "--data-root",
-        str(shared_data / "voc"),
-        "--model",
-        str(tiny_folder),
-        "--short-side",
-        "64",
-        "--crop-size",
-        "32",
-        "--stride",
-        "16",
-        "--limit",
-        "4",
-    ]
+    common = voc_eval_args(tiny_folder, shared_data, "--limit", "4")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the launched processes run one thread each; same arithmetic, same rounding
     try:
