@@ -103,8 +103,6 @@ OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
     "a tattoo of the {}.",
 )
 
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp", ".ppm", ".pgm")
-
 
 @dataclass(frozen=True)
 class LabelSet:
@@ -295,10 +293,6 @@ class OVSegProcessor(ProcessorMixin):
         while len(self._text_cache) > 16:
             self._text_cache.popitem(last=False)
         return result
-
-    def __call__(self, images=None, text=None, **kwargs: Any):
-        """As ``CLIPProcessor``: images through the image processor, text through the tokenizer."""
-        return super().__call__(images=images, text=text, **kwargs)
 
 
 OVSegProcessor.register_for_auto_class("AutoProcessor")
