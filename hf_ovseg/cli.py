@@ -89,18 +89,21 @@ def _write_atomically(path: Path, payload: Any) -> None:
 
 
 def segment(args: argparse.Namespace) -> int:
+    import numpy as np
     from tqdm.auto import tqdm
 
     from .api import load_pipeline
-    from .processing_ovseg import load_image
+    from .processing_ovseg import load_image, open_image_file
     from .visualize import label_map_image, overlay_image
 
-    # Check every input before loading the model or writing anything.
+    # Check every input before loading the model or writing anything; files are opened lazily (header only)
+    # here and decoded one at a time below, so many large photos are never all in memory.
     labels = read_labels(args.labels, args.labels_file)
-    resolve_dtype(args.dtype), resolve_device(args.device)
-    photos = {}
+    resolve_dtype(args.dtype)
+    resolve_device(args.device)
     for image in args.images:
-        photos[image] = load_image(image)
+        if not str(image).startswith(("http://", "https://")):
+            open_image_file(image).close()
     out_dir = Path(args.out)
     stems = [Path(image).stem for image in args.images]
     if len(set(stems)) != len(stems):
@@ -111,13 +114,13 @@ def segment(args: argparse.Namespace) -> int:
     out_dir.mkdir(parents=True, exist_ok=True)
     kwargs = protocol_kwargs(args)
     for image, stem in tqdm(list(zip(args.images, stems, strict=True)), desc="segment", unit="image"):
-        photo = photos.pop(image)
+        photo = load_image(image)
         result = pipe(photo, candidate_labels=labels, return_label_map=True, **kwargs)
         label_map, names = result["label_map"], result["labels"]
-        total = label_map.size
+        counts = np.bincount(label_map.ravel(), minlength=len(names))
         classes = {
             s["label"]: {
-                "pixel_fraction": float((label_map == names.index(s["label"])).sum()) / total,
+                "pixel_fraction": float(counts[names.index(s["label"])]) / label_map.size,
                 "mean_score": s["score"],
             }
             for s in result["segments"]

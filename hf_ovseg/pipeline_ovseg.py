@@ -12,6 +12,7 @@ the original size, softmax over classes, synonyms merged by max, optional backgr
 
 from __future__ import annotations
 
+import contextlib
 import copy
 from typing import Any
 
@@ -127,10 +128,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         def forward(crops: torch.Tensor) -> torch.Tensor:
             return model(crops, text_embeds=text).logits
 
-        if method_knobs:
-            with model.method_override(**method_knobs):
-                logits = slide_logits(forward, pixel_values, patch_size, crop_size, stride, crop_batch_size)
-        else:
+        with model.method_override(**method_knobs) if method_knobs else contextlib.nullcontext():
             logits = slide_logits(forward, pixel_values, patch_size, crop_size, stride, crop_batch_size)
 
         names = list(labels.labels)

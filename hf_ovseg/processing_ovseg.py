@@ -153,6 +153,20 @@ def parse_labels(candidate_labels: str | list[str] | tuple[str, ...]) -> LabelSe
     return LabelSet(tuple(labels), tuple(synonyms))
 
 
+def open_image_file(source: str | os.PathLike) -> Image.Image:
+    """Open an image file lazily (its header only). Raises ``ValueError`` for a missing file, a folder, or a
+    file PIL does not recognise as an image."""
+    source = str(source)
+    if not os.path.exists(source):
+        raise ValueError(f"image file not found: {source}")
+    if os.path.isdir(source):
+        raise ValueError(f"{source} is a folder, not an image file")
+    try:
+        return Image.open(source)
+    except (UnidentifiedImageError, OSError, SyntaxError) as error:
+        raise ValueError(f"{source} is not an image file ({error.__class__.__name__})") from None
+
+
 def load_image(image: Any) -> Image.Image:
     """An RGB PIL image from a path, URL, PIL image or numpy array (grayscale, RGBA, palette, 16-bit and
     float images are converted). Raises ``ValueError`` naming the problem for anything else."""
@@ -162,16 +176,12 @@ def load_image(image: Any) -> Image.Image:
             from transformers.image_utils import load_image as fetch
 
             return to_rgb(fetch(source))
-        if not os.path.exists(source):
-            raise ValueError(f"image file not found: {source}")
-        if os.path.isdir(source):
-            raise ValueError(f"{source} is a folder, not an image file")
-        try:
-            with Image.open(source) as opened:
+        with open_image_file(source) as opened:
+            try:
                 opened.load()
-                return to_rgb(ImageOps.exif_transpose(opened))
-        except (UnidentifiedImageError, OSError, SyntaxError) as error:
-            raise ValueError(f"{source} is not an image file ({error.__class__.__name__})") from None
+            except (OSError, SyntaxError) as error:
+                raise ValueError(f"{source} is not an image file ({error.__class__.__name__})") from None
+            return to_rgb(ImageOps.exif_transpose(opened))
     if isinstance(image, Image.Image):
         return to_rgb(image)
     if isinstance(image, np.ndarray):
@@ -297,4 +307,12 @@ class OVSegProcessor(ProcessorMixin):
 
 OVSegProcessor.register_for_auto_class("AutoProcessor")
 
-__all__ = ["OPENAI_IMAGENET_TEMPLATES", "LabelSet", "OVSegProcessor", "load_image", "parse_labels", "to_rgb"]
+__all__ = [
+    "OPENAI_IMAGENET_TEMPLATES",
+    "LabelSet",
+    "OVSegProcessor",
+    "load_image",
+    "open_image_file",
+    "parse_labels",
+    "to_rgb",
+]
