@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import math
 import os
 import sys
 from collections.abc import Sequence
@@ -42,37 +43,85 @@ def read_labels(labels: str | None, labels_file: str | None) -> list[str]:
     return items
 
 
-#: Inference protocol used when neither a flag nor a --protocol gives a value.
-DEFAULT_PROTOCOL = {"short_side": 448, "crop_size": 224, "stride": 112, "batch_size": 8, "background_threshold": 0.0}
+#: Pipeline arguments used when neither a flag nor a --protocol gives a value.
+DEFAULT_PROTOCOL = {
+    "short_side": 448,
+    "long_side": 2048,
+    "crop_size": 224,
+    "stride": 112,
+    "patch_padding": "center",
+    "batch_size": 8,
+    "background_threshold": 0.0,
+}
+#: The flags that override a protocol's (or the default) value, by pipeline argument.
+OVERRIDE_FLAGS = (
+    "short_side", "long_side", "crop_size", "stride", "patch_padding", "batch_size", "background_threshold",
+    "area_threshold", "refine",
+)  # fmt: skip
+
+
+def pixels_or_none(text: str) -> int | None:
+    """argparse type: a positive number of pixels, or ``none``."""
+    if text.strip().lower() == "none":
+        return None
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'none', got {text!r}") from None
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a positive number of pixels or 'none', got {value}")
+    return value
+
+
+def positive_int(text: str) -> int:
+    """argparse type: an integer >= 1."""
+    value = pixels_or_none(text)
+    if value is None:
+        raise argparse.ArgumentTypeError("expected a positive integer, got 'none'")
+    return value
 
 
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Model and protocol options shared by ``segment`` and ``evaluate`` (unset values: see DEFAULT_PROTOCOL)."""
+    from .inference import PATCH_PADDINGS
+    from .pipeline_ovseg import REFINEMENTS
+
+    unset = argparse.SUPPRESS  # an absent flag leaves the protocol's (or the default) value
     parser.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub repo id (default: {DEFAULT_MODEL})")
     parser.add_argument("--method", default=None, choices=list(METHOD_PRESETS), help="method preset (default: seed)")
     parser.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
-    parser.add_argument("--dtype", default="float32", help=f"one of {', '.join(DTYPES)} (default: float32)")
-    parser.add_argument("--short-side", type=int, default=None, help="resize short side to this, 0 = keep (448)")
-    parser.add_argument("--crop-size", type=int, default=None, help="sliding window side, 0 = whole image (224)")
-    parser.add_argument("--stride", type=int, default=None, help="sliding window stride (112)")
-    parser.add_argument("--batch-size", type=int, default=None, help="crops per forward pass (8)")
-    parser.add_argument("--background-threshold", type=float, default=None, help="below it: background (0)")
+    parser.add_argument("--dtype", default=None, help=f"one of {', '.join(DTYPES)} (default: float32)")
+    parser.add_argument(
+        "--short-side",
+        type=pixels_or_none,
+        default=unset,
+        help="resize the short side to this; 'none' keeps the size (448)",
+    )
+    parser.add_argument("--long-side", type=pixels_or_none, default=unset, help="cap on the resized long side (2048)")
+    parser.add_argument(
+        "--crop-size", type=pixels_or_none, default=unset, help="sliding window side; 'none' = whole image (224)"
+    )
+    parser.add_argument("--stride", type=positive_int, default=unset, help="sliding window stride, <= crop (112)")
+    parser.add_argument(
+        "--patch-padding", choices=PATCH_PADDINGS, default=unset, help="windows that are not patch multiples (center)"
+    )
+    parser.add_argument("--batch-size", type=positive_int, default=unset, help="crops per forward pass (8)")
+    parser.add_argument("--background-threshold", type=float, default=unset, help="below it: background (0)")
     parser.add_argument("--background-label", default=None, help="label for thresholded pixels (default: background)")
+    parser.add_argument("--area-threshold", type=float, default=unset, help="drop classes below this area share")
+    parser.add_argument("--refine", choices=REFINEMENTS, default=unset, help="refine the logits (pamr)")
     parser.add_argument("--logit-scale", type=float, default=None, help="dense logit scale (default: the model's)")
 
 
 def protocol_kwargs(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Pipeline protocol arguments: explicit flags, else ``base`` (a named protocol), else the defaults."""
-    base = {**DEFAULT_PROTOCOL, **(base or {})}
-    kwargs = {name: getattr(args, name) if getattr(args, name) is not None else base[name] for name in DEFAULT_PROTOCOL}
-    kwargs["short_side"] = kwargs["short_side"] or None
-    kwargs["crop_size"] = kwargs["crop_size"] or None
-    logit_scale = args.logit_scale if args.logit_scale is not None else base.get("dense_logit_scale")
-    if logit_scale is not None:
-        kwargs["dense_logit_scale"] = logit_scale
+    """Pipeline call arguments: explicit flags, else ``base`` (a named protocol's), else the defaults."""
+    kwargs = {**DEFAULT_PROTOCOL, **(base or {})}
+    kwargs.update({name: getattr(args, name) for name in OVERRIDE_FLAGS if hasattr(args, name)})
+    if args.logit_scale is not None:
+        kwargs["dense_logit_scale"] = args.logit_scale
     if args.background_label is not None:
         kwargs["background_label"] = args.background_label
-    return kwargs
+    return {k: v for k, v in kwargs.items() if v is not None or k in ("short_side", "crop_size", "stride")}
 
 
 def _write_atomically(path: Path, payload: Any) -> None:
@@ -155,8 +204,18 @@ def convert_command(args: argparse.Namespace) -> int:
         tokenizer=args.tokenizer,
         trust_torchscript=args.trust_torchscript,
         license_id=args.license,
+        feature_upsampler=args.feature_upsampler,
+        trust_pickle=args.trust_pickle,
     )
     print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    if args.feature_upsampler:
+        from safetensors import safe_open
+
+        kind = json.loads((out / "config.json").read_text())["feature_upsampler"]
+        with safe_open(out / "model.safetensors", "pt") as weights:
+            names = [k for k in weights.keys() if k.startswith("feature_upsampler.")]
+            count = sum(math.prod(weights.get_slice(k).get_shape()) for k in names)
+        print(f"embedded SimFeatUp {kind} ({len(names)} tensors, {count:,d} values) from {args.feature_upsampler}")
     print(f'check it:  hf-ovseg segment photo.jpg --labels "road,tree,sky" --model {out}')
     return 0
 
@@ -206,21 +265,33 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from .evaluation import evaluate_methods, load_benchmark, markdown_table, update_model_card
     from .evaluation.protocols import SOURCES, resolve_protocol
 
-    base = resolve_protocol(args.protocol, args.dataset).to_dict() if args.protocol else {}
+    protocol = resolve_protocol(args.protocol, args.dataset) if args.protocol else None
+    base = protocol.pipeline_arguments() if protocol else {}
+    if protocol:
+        base["background_index"] = protocol.background_index
     methods = [m.strip() for m in (args.methods or args.method or base.get("method", "seed")).split(",") if m.strip()]
     unknown = [m for m in methods if m not in METHOD_PRESETS]
     if unknown:
         raise CLIError(f"unknown method(s) {', '.join(unknown)}; valid methods: {', '.join(METHOD_PRESETS)}")
+    if args.limit is not None and args.limit < 1:
+        raise CLIError(f"--limit must be a positive number of images, got {args.limit}")
     if args.update_model_card and not Path(args.update_model_card).is_file():
         raise CLIError(f"model card not found: {args.update_model_card}")
+    if args.out:
+        check_output_file(Path(args.out))
     bench = load_benchmark(args.dataset, args.data_root, args.limit)
     state = PartialState()
     device = args.device or (str(state.device) if state.device.type != "mps" else "cpu")
-    pipe = load_pipeline(args.model, methods[0], args.dtype, device)
-    protocol = protocol_kwargs(args, base)
-    protocol.pop("background_label", None)  # the dataset decides where thresholded pixels go
-    if args.protocol:
-        protocol = {"name": args.protocol, "source": SOURCES[args.protocol], **protocol}
+    dtype = args.dtype
+    if dtype is None:  # the anchors' precision on a GPU, float32 on a CPU
+        dtype = protocol.dtype if protocol and resolve_device(device).type == "cuda" else "float32"
+    pipe = load_pipeline(args.model, methods[0], dtype, device)
+    arguments = protocol_kwargs(args, base)
+    arguments.pop("background_label", None)  # the dataset decides where thresholded pixels go
+    record = {}
+    if protocol:
+        record = {"name": protocol.anchor, "source": SOURCES[protocol.anchor], "config": protocol.config,
+                  "class_file": protocol.classes, "dtype": dtype}  # fmt: skip
 
     def sum_over_processes(matrix):
         if state.num_processes == 1:
@@ -228,17 +299,28 @@ def evaluate_command(args: argparse.Namespace) -> int:
         return reduce(torch.from_numpy(matrix).to(state.device), reduction="sum").cpu().numpy()
 
     results = evaluate_methods(
-        pipe, bench, methods, protocol, args.model, state.process_index, state.num_processes, sum_over_processes,
-        progress=state.is_local_main_process,
+        pipe, bench, methods, arguments, args.model, protocol.prompts if protocol else None, record,
+        state.process_index, state.num_processes, sum_over_processes, progress=state.is_local_main_process,
     )  # fmt: skip
     if state.is_main_process:
         print(markdown_table(results))
         if args.out:
             payload = [r.to_dict() for r in results]
-            Path(args.out).write_text(json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+            _write_atomically(Path(args.out), json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
         if args.update_model_card:
             update_model_card(args.update_model_card, results)
     return 0
+
+
+def check_output_file(path: Path) -> None:
+    """Fail before any work when ``path`` cannot be written: a folder, a missing or read-only parent."""
+    if path.is_dir():
+        raise CLIError(f"--out {path} is a folder; give a file name, e.g. {path / 'results.json'}")
+    parent = path.parent if str(path.parent) else Path(".")
+    if not parent.is_dir():
+        raise CLIError(f"cannot write {path}: the folder {parent} does not exist")
+    if not os.access(parent, os.W_OK):
+        raise CLIError(f"cannot write {path}: the folder {parent} is not writable")
 
 
 def protocols_command(args: argparse.Namespace) -> int:
@@ -314,6 +396,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument("--trust-torchscript", action="store_true", help="allow loading a TorchScript archive")
     conv.add_argument("--license", default=None, help="license of the source weights for the model card")
+    conv.add_argument(
+        "--feature-upsampler",
+        default=None,
+        help="a SimFeatUp checkpoint to embed (SegEarth-OV's simfeatup_dev/weights/*.ckpt)",
+    )
+    conv.add_argument(
+        "--trust-pickle", action="store_true", help="allow a checkpoint that needs full unpickling (runs its code)"
+    )
     conv.set_defaults(run=convert_command)
 
     push = commands.add_parser("push", help="upload a converted folder to the Hugging Face Hub")

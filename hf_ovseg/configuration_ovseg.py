@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
@@ -10,7 +11,10 @@ from transformers.utils import logging
 
 from .modules import ATTENTION_MODES, GLOBAL_DEBIAS_MODES, SIMILARITY_MODES
 
-OUTLIER_RULES = ("seed", "sfp")
+POSITION_INTERPOLATIONS = ("scale_factor", "size")
+ENCODER_VARIANTS = ("clip", "maskclip")
+OUTLIER_SCORE_LAYERS = ("last", "penultimate")
+FEATURE_UPSAMPLERS = ("jbu_one", "jbu_stack")
 
 logger = logging.get_logger(__name__)
 
@@ -20,55 +24,95 @@ _MODULES_OFF = {
     "global_debias_factor": 0.0,
     "last_block_residual": False,
     "last_block_mlp": False,
+    "position_interpolation": "scale_factor",
+    "encoder_variant": "clip",
+    "feature_upsampling": False,
+    "cls_logit_lambda": 0.0,
 }
 
-#: Named presets. ``seed`` is the method of the seed text (all three modules on); the others are the
-#: training-free baselines that replace the last block's attention, with the seed's modules off.
+#: Named presets. ``seed`` is the method of the seed text (all three modules on); the others reproduce the
+#: training-free baselines' official code, with the seed's modules off. Sources, per preset:
+#:
+#: - ``vanilla``: plain CLIP (Hugging Face ``CLIPVisionModel``, position embeddings resized with ``size=``).
+#: - ``maskclip``: chongzhou96/MaskCLIP@245d31f:mmseg/models/backbones/vit.py:94-104 (value path
+#:   ``v = out_proj(v_proj(ln1(x))) + x``, then ``v + ffn(ln2(v))``), 437 (final norm on ``v``); its ViT runs the
+#:   CLIP weights with exact GELU and LayerNorm eps 1e-6 (configs/_base_/models/maskclip_vit16.py:22-23) and
+#:   resizes position embeddings with ``size=`` (vit.py:377, 405-410).
+#: - ``sclip``: wangf3014/SCLIP@b56bd30:clip/model.py:249-251 (``x + csa_attn(ln_1(x))``, then ``+ mlp(ln_2(x))``).
+#: - ``clearclip``: mc-lan/ClearCLIP@ad68a40:open_clip/transformer.py:524-526 (attention output only, no
+#:   residual, no MLP) with its ``ClearCLIP`` attention (614-616).
+#: - ``naclip``: sinahmr/NACLIP@0cac3a6:clip/model.py:118-119 (``arch='reduced'``: attention output only),
+#:   naclip.py:21 (``gaussian_std=5.``, the setting of README's ``test_all.sh reduced naclip 5 on``).
+#: - ``segearth``: likyoo/SegEarth-OV@3e22a96:open_clip/transformer.py:525-528 (attention output only),
+#:   segearth_segmentor.py:172-192 (``+ cls_token_lambda * cls_logits``), configs/base_config.py:8-12
+#:   (``cls_token_lambda=-0.3``, SimFeatUp ``jbu_one``: used when the model carries an upsampler).
+#: - ``sfp``: Kimsure/SFP@2804f5b:SFP_ICCV/clip/model.py:242-356 (see ``OVSegVisionModel.sfp_last_stage``),
+#:   configs/base_config.py:5-9 (``pm='SOM'``, ``purify=True``, ``res_cls=0.3``).
+#:
+#: Every anchor except MaskCLIP resizes position embeddings with bicubic ``scale_factor=(g + 0.1) / g0``
+#: (e.g. SCLIP clip/model.py:263-281); ``seed`` descends from SegEarth-OV and does the same.
 METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "seed": {
+        **_MODULES_OFF,
         "attention_mode": "gated",
         "outlier_suppression": True,
         "similarity_enhancement": True,
         "global_debias_factor": 0.2,
-        "last_block_residual": False,
-        "last_block_mlp": False,
     },
-    "vanilla": {**_MODULES_OFF, "attention_mode": "vanilla", "last_block_residual": True, "last_block_mlp": True},
-    "maskclip": {**_MODULES_OFF, "attention_mode": "maskclip"},
-    "sclip": {**_MODULES_OFF, "attention_mode": "sclip"},
+    "vanilla": {
+        **_MODULES_OFF,
+        "attention_mode": "vanilla",
+        "last_block_residual": True,
+        "last_block_mlp": True,
+        "position_interpolation": "size",
+    },
+    "maskclip": {
+        **_MODULES_OFF,
+        "attention_mode": "maskclip",
+        "last_block_residual": True,
+        "last_block_mlp": True,
+        "position_interpolation": "size",
+        "encoder_variant": "maskclip",
+    },
+    "sclip": {**_MODULES_OFF, "attention_mode": "sclip", "last_block_residual": True, "last_block_mlp": True},
     "clearclip": {**_MODULES_OFF, "attention_mode": "clearclip"},
-    "naclip": {**_MODULES_OFF, "attention_mode": "naclip"},
-    # SegEarth-OV: its attention plus its logit-space global-bias step (SimFeatUp is not included: its
-    # trained weights are not available).
-    "segearth": {**_MODULES_OFF, "attention_mode": "segearth", "cls_logit_lambda": -0.3},
-    # SFP: outliers (CLS attends more than self, top 10) of block L-1 replaced by their neighbours' mean,
-    # a thresholded cosine map of block 9's output, and the three-softmax attention in the last block.
+    "naclip": {**_MODULES_OFF, "attention_mode": "naclip", "naclip_gaussian_std": 5.0},
+    "segearth": {**_MODULES_OFF, "attention_mode": "segearth", "cls_logit_lambda": -0.3, "feature_upsampling": True},
     "sfp": {
         **_MODULES_OFF,
         "attention_mode": "sfp",
         "outlier_suppression": True,
-        "outlier_rule": "sfp",
         "outlier_top_k": 10,
-        "similarity_enhancement": True,
         "similarity_layer": 9,
+        "sfp_residual_cls": 0.3,
     },
 }
 
-#: Knobs that do not depend on the preset, with their defaults.
+#: Knobs that do not depend on the preset (unless a preset sets them), with their defaults.
 KNOB_DEFAULTS: dict[str, Any] = {
-    "outlier_rule": "seed",
     "outlier_top_k": 30,
     "outlier_tau": 0.1,
+    "outlier_score_layer": "last",
     "similarity_weight": 1.0,
     "similarity_temperature": 1.0,
     "similarity_layer": None,
     "global_debias_mode": "similarity",
+    "global_debias_normalize_cls": False,
+    "naclip_gaussian_std": 5.0,
+    "sfp_residual_cls": 0.3,
     "dense_logit_scale": 50.0,
-    "cls_logit_lambda": 0.0,
 }
 
 #: Every knob a ``method=`` preset or a per-call override may set.
 METHOD_KNOBS: tuple[str, ...] = tuple(METHOD_PRESETS["seed"]) + tuple(KNOB_DEFAULTS)
+
+#: SFP's fixed constants (Kimsure/SFP@2804f5b:SFP_ICCV/clip/model.py): the CLS->patch attention is scaled by
+#: ``res_cls * res_scale`` before the outlier test (230, 264); similarity maps keep cosines >= 0.4 (231, 325,
+#: 333); the second re-weighting uses block 4's map (330) and the multi-layer branch sums blocks 4..10 (318).
+SFP_RES_SCALE = 5.0
+SFP_SIMILARITY_THRESHOLD = 0.4
+SFP_AGGREGATION_LAYER = 4
+SFP_FUSION_LAYERS = range(4, 11)
 
 
 def preset_values(method: str) -> dict[str, Any]:
@@ -76,6 +120,11 @@ def preset_values(method: str) -> dict[str, Any]:
     if method not in METHOD_PRESETS:
         raise ValueError(f"unknown method {method!r}; valid methods: {', '.join(METHOD_PRESETS)}")
     return {**KNOB_DEFAULTS, **METHOD_PRESETS[method]}
+
+
+def _check_choice(name: str, value: Any, choices: tuple[Any, ...]) -> None:
+    if value not in choices:
+        raise ValueError(f"unknown {name} {value!r}; valid values: {', '.join(map(str, choices))}")
 
 
 @strict
@@ -86,21 +135,33 @@ class OVSegConfig(CLIPConfig):
     an explicit value overrides the preset.
 
     method (`str`, defaults to `"seed"`): named preset, one of ``METHOD_PRESETS``.
-    attention_mode (`str`): last-block attention, one of ``ATTENTION_MODES``.
-    outlier_suppression (`bool`): outlier suppression (module 1, or SFP's rule, see ``outlier_rule``).
-    outlier_rule (`str`, `"seed"`): ``"seed"`` = module 1 on the last block's output; ``"sfp"`` = SFP's rule
-        (block L-1 attention, neighbour mean on the last block's input and on the similarity features).
+    attention_mode (`str`): last-block attention, one of ``ATTENTION_MODES`` (``"sfp"``: SFP's whole last stage).
+    outlier_suppression (`bool`): module 1 (with ``attention_mode="sfp"``: SFP's outlier purification).
     outlier_top_k (`int`, 30): outliers per crop (clamped to the number of patches; 0 disables).
     outlier_tau (`float`, 0.1): decontamination strength τ of module 1.
+    outlier_score_layer (`str`, `"last"`): attention that scores module 1's outliers: the last block's (the seed
+        text) or ``"penultimate"``, block L-1's head-mean attention (the seed's code base; an ablation).
     similarity_enhancement (`bool`): add the mid-layer self-similarity map S to the gated attention.
     similarity_weight (`float`, 1.0): λ_s. similarity_temperature (`float`, 1.0): τ_s.
-    similarity_layer (`int`, optional): index into ``hidden_states`` for S; ``None`` = ``(L-1)//2``.
+    similarity_layer (`int`, optional): index into ``hidden_states`` of the similarity features (module 2's S;
+        SFP's pre-attention map); ``None`` = ``(L-1)//2``.
     global_debias_factor (`float`, 0.2 for seed): α of module 3 (0 = off).
     global_debias_mode (`str`, `"similarity"`): or ``"uniform"`` (plain CLS subtraction).
+    global_debias_normalize_cls (`bool`, False): subtract the unit-norm CLS (the seed's code base; an ablation).
     last_block_residual, last_block_mlp (`bool`): keep the last block's residual / MLP.
+    position_interpolation (`str`): ``"scale_factor"`` (bicubic with ``scale_factor=(g+0.1)/g0``, as the
+        anchors' CLIP files do) or ``"size"`` (bicubic to the grid size, as Hugging Face CLIP and MaskCLIP do).
+    encoder_variant (`str`, `"clip"`): ``"maskclip"`` runs every vision block as MaskCLIP's mmseg ViT does
+        (exact GELU, LayerNorm eps 1e-6) instead of the checkpoint's activation and eps.
+    naclip_gaussian_std (`float`, 5.0): width, in patches, of NACLIP's neighbourhood prior.
+    sfp_residual_cls (`float`, 0.3): SFP's ``res_cls`` (CLS added after the last block; the CLS->patch
+        attention of the outlier test is scaled by ``5 * res_cls``).
+    feature_upsampling (`bool`): run the model's feature upsampler (SimFeatUp) when it has one.
     dense_logit_scale (`float`, 50.0): multiplies the patch-text cosine to give logits.
     cls_logit_lambda (`float`, 0.0; -0.3 for segearth): SegEarth-OV's logit-space global-bias step,
         ``logits = scale * (cos(patch, text) + λ cos(cls, text))``.
+    feature_upsampler (`str`, optional): architecture of the model's SimFeatUp weights (``"jbu_one"`` or
+        ``"jbu_stack"``), None when the model has none. Not a method knob: it says which weights exist.
     """
 
     model_type = "ovseg"
@@ -108,19 +169,26 @@ class OVSegConfig(CLIPConfig):
     method: str = "seed"
     attention_mode: str | None = None
     outlier_suppression: bool | None = None
-    outlier_rule: str | None = None
     outlier_top_k: int | None = None
     outlier_tau: float | None = None
+    outlier_score_layer: str | None = None
     similarity_enhancement: bool | None = None
     similarity_weight: float | None = None
     similarity_temperature: float | None = None
     similarity_layer: int | None = None
     global_debias_factor: float | None = None
     global_debias_mode: str | None = None
+    global_debias_normalize_cls: bool | None = None
     last_block_residual: bool | None = None
     last_block_mlp: bool | None = None
+    position_interpolation: str | None = None
+    encoder_variant: str | None = None
+    naclip_gaussian_std: float | None = None
+    sfp_residual_cls: float | None = None
+    feature_upsampling: bool | None = None
     dense_logit_scale: float | None = None
     cls_logit_lambda: float | None = None
+    feature_upsampler: str | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         kwargs.pop("model_type", None)  # a plain CLIP config.json says "clip"; this class is "ovseg"
@@ -170,53 +238,72 @@ class OVSegConfig(CLIPConfig):
             raise ValueError(f"unknown method knob(s) {', '.join(unknown)}; valid knobs: {', '.join(METHOD_KNOBS)}")
         if method is not None:
             knobs = {**preset_values(method), **knobs}
-            self.method = method
-        for name, value in knobs.items():
+        candidate = {**self.method_knobs(), **knobs, "method": method or self.method}
+        self._check_knobs(candidate)  # nothing changes unless every value is valid
+        for name, value in candidate.items():
             setattr(self, name, value)
-        self.check_method_knobs()
+
+    def with_method(self, method: str | None = None, **knobs: Any) -> OVSegConfig:
+        """A validated copy with the preset and/or knobs applied; this config is left unchanged, so per-call
+        settings never touch a model shared between threads."""
+        settings = copy.copy(self)
+        settings.set_method(method, **knobs)
+        return settings
 
     def check_method_knobs(self) -> None:
         """Raise ``ValueError`` naming the problem for any knob out of its domain."""
-        if self.attention_mode not in ATTENTION_MODES:
+        self._check_knobs(self.method_knobs())
+
+    def _check_knobs(self, knobs: dict[str, Any]) -> None:
+        mode = knobs["attention_mode"]
+        _check_choice("attention_mode", mode, ATTENTION_MODES)
+        _check_choice("global_debias_mode", knobs["global_debias_mode"], GLOBAL_DEBIAS_MODES)
+        _check_choice("outlier_score_layer", knobs["outlier_score_layer"], OUTLIER_SCORE_LAYERS)
+        _check_choice("position_interpolation", knobs["position_interpolation"], POSITION_INTERPOLATIONS)
+        _check_choice("encoder_variant", knobs["encoder_variant"], ENCODER_VARIANTS)
+        if self.feature_upsampler is not None:
+            _check_choice("feature_upsampler", self.feature_upsampler, FEATURE_UPSAMPLERS)
+        if knobs["similarity_enhancement"] and mode not in SIMILARITY_MODES:
             raise ValueError(
-                f"unknown attention_mode {self.attention_mode!r}; valid modes: {', '.join(ATTENTION_MODES)}"
+                f"similarity_enhancement=True needs attention_mode='gated' (module 2); got attention_mode={mode!r}"
             )
-        if self.global_debias_mode not in GLOBAL_DEBIAS_MODES:
-            raise ValueError(
-                f"unknown global_debias_mode {self.global_debias_mode!r}; valid modes: {', '.join(GLOBAL_DEBIAS_MODES)}"
-            )
-        if self.similarity_enhancement and self.attention_mode not in SIMILARITY_MODES:
-            raise ValueError(
-                "similarity_enhancement=True needs attention_mode='gated' (module 2) or 'sfp'; "
-                f"got attention_mode={self.attention_mode!r}"
-            )
-        if self.attention_mode == "sfp" and not self.similarity_enhancement:
-            raise ValueError("attention_mode='sfp' needs similarity_enhancement=True (its cosine map)")
-        if self.outlier_rule not in OUTLIER_RULES:
-            raise ValueError(f"unknown outlier_rule {self.outlier_rule!r}; valid rules: {', '.join(OUTLIER_RULES)}")
-        if self.outlier_top_k < 0:
-            raise ValueError(f"outlier_top_k must be >= 0, got {self.outlier_top_k}")
-        if not 0.0 <= self.outlier_tau <= 1.0:
-            raise ValueError(f"outlier_tau must be in [0, 1], got {self.outlier_tau}")
-        if self.similarity_temperature <= 0:
-            raise ValueError(f"similarity_temperature must be > 0, got {self.similarity_temperature}")
-        if self.global_debias_factor < 0:
-            raise ValueError(f"global_debias_factor must be >= 0, got {self.global_debias_factor}")
+        if mode == "sfp" and (knobs["last_block_residual"] or knobs["last_block_mlp"]):
+            raise ValueError("attention_mode='sfp' replaces the whole last block: it has no residual or MLP to keep")
+        if knobs["outlier_top_k"] < 0:
+            raise ValueError(f"outlier_top_k must be >= 0, got {knobs['outlier_top_k']}")
+        if not 0.0 <= knobs["outlier_tau"] <= 1.0:
+            raise ValueError(f"outlier_tau must be in [0, 1], got {knobs['outlier_tau']}")
+        if knobs["similarity_temperature"] <= 0:
+            raise ValueError(f"similarity_temperature must be > 0, got {knobs['similarity_temperature']}")
+        if knobs["global_debias_factor"] < 0:
+            raise ValueError(f"global_debias_factor must be >= 0, got {knobs['global_debias_factor']}")
+        if knobs["naclip_gaussian_std"] <= 0:
+            raise ValueError(f"naclip_gaussian_std must be > 0, got {knobs['naclip_gaussian_std']}")
         num_layers = self.vision_config.num_hidden_layers
-        if not 0 <= self.resolved_similarity_layer < num_layers:
+        if mode == "sfp" and num_layers <= max(SFP_FUSION_LAYERS):
+            raise ValueError(
+                f"attention_mode='sfp' reads blocks {SFP_AGGREGATION_LAYER}..{max(SFP_FUSION_LAYERS)} "
+                f"(SFP_ICCV/clip/model.py:318, 330): the vision tower needs at least "
+                f"{max(SFP_FUSION_LAYERS) + 1} layers, this one has {num_layers}"
+            )
+        layer = knobs["similarity_layer"]
+        resolved = (num_layers - 1) // 2 if layer is None else layer
+        if not 0 <= resolved < num_layers:
             raise ValueError(
                 f"similarity_layer must index hidden_states before the last block, i.e. lie in "
-                f"[0, {num_layers - 1}]; got {self.similarity_layer}"
+                f"[0, {num_layers - 1}]; got {layer}"
             )
 
 
 __all__ = [
     "ATTENTION_MODES",
+    "ENCODER_VARIANTS",
+    "FEATURE_UPSAMPLERS",
     "GLOBAL_DEBIAS_MODES",
     "KNOB_DEFAULTS",
     "METHOD_KNOBS",
     "METHOD_PRESETS",
-    "OUTLIER_RULES",
     "OVSegConfig",
+    "POSITION_INTERPOLATIONS",
     "preset_values",
 ]

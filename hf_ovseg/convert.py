@@ -304,6 +304,72 @@ def model_from_state_dict(state: dict[str, torch.Tensor], arch: ClipArch, method
     return model.eval()
 
 
+# -- SimFeatUp ---------------------------------------------------------------------------------------
+
+#: SegEarth-OV stores the upsampler inside a Lightning module; its segmentor strips this prefix
+#: (likyoo/SegEarth-OV@3e22a96:segearth_segmentor.py:158-160).
+UPSAMPLER_PREFIX = "upsampler."
+
+
+def read_upsampler_checkpoint(path: str | Path, trust_pickle: bool = False) -> tuple[str, dict[str, torch.Tensor]]:
+    """A SimFeatUp checkpoint (e.g. SegEarth-OV's ``xclip_jbu_one_million_aid.ckpt``): its kind
+    (``"jbu_one"`` or ``"jbu_stack"``) and its upsampler tensors with the ``upsampler.`` prefix stripped.
+
+    Read with ``torch.load(weights_only=True)``; a file that needs full unpickling (Lightning can store
+    arbitrary objects beside the weights) is refused unless ``trust_pickle``, since unpickling runs code."""
+    path = Path(path)
+    if not path.is_file():
+        raise ConversionError(f"feature upsampler checkpoint not found: {path}")
+    try:
+        checkpoint = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception as error:  # an UnpicklingError names the global it would need
+        if not trust_pickle:
+            reason = str(error).splitlines()[0][:200] if str(error) else error.__class__.__name__
+            raise ConversionError(
+                f"{path.name} holds more than tensors and cannot be read safely ({reason}); loading it in full "
+                "runs code from the file. If you trust it, pass --trust-pickle"
+            ) from None
+        try:
+            checkpoint = torch.load(path, map_location="cpu", weights_only=False)
+        except Exception as inner:
+            raise ConversionError(
+                f"cannot read feature upsampler checkpoint {path.name}: the file is truncated, corrupt or not a "
+                f"checkpoint ({inner.__class__.__name__})"
+            ) from None
+    state = checkpoint.get("state_dict", checkpoint) if isinstance(checkpoint, dict) else None
+    if not isinstance(state, dict):
+        raise ConversionError(f"{path.name} holds a {type(checkpoint).__name__}, not a checkpoint with a state_dict")
+    tensors = {k[len(UPSAMPLER_PREFIX) :]: v for k, v in state.items() if k.startswith(UPSAMPLER_PREFIX)}
+    if "up.range_temp" in tensors:
+        return "jbu_one", tensors
+    if "up1.range_temp" in tensors:
+        return "jbu_stack", tensors
+    found = ", ".join(sorted(state)[:5]) or "nothing"
+    raise ConversionError(
+        f"{path.name} is not a SimFeatUp JBU checkpoint: expected keys upsampler.up.* (jbu_one) or "
+        f"upsampler.up1.* (jbu_stack), found {found}"
+    )
+
+
+def embed_feature_upsampler(model: OVSegModel, kind: str, tensors: dict[str, torch.Tensor]) -> None:
+    """Give ``model`` a ``kind`` upsampler holding exactly ``tensors`` (no missing or unexpected key)."""
+    from .upsampler import build_feature_upsampler
+
+    channels = tensors["fixup_proj.1.weight"].shape[0] if "fixup_proj.1.weight" in tensors else None
+    if channels != model.config.projection_dim:
+        raise ConversionError(
+            f"the feature upsampler works on {channels}-channel features, but this CLIP projects to "
+            f"{model.config.projection_dim}: use an upsampler trained for this CLIP"
+        )
+    upsampler = build_feature_upsampler(kind, channels)
+    try:
+        upsampler.load_state_dict({k: v.float() for k, v in tensors.items()}, strict=True)
+    except RuntimeError as error:
+        raise ConversionError(f"the feature upsampler checkpoint does not fit {kind}: {str(error)[:500]}") from None
+    model.feature_upsampler = upsampler.eval()
+    model.config.feature_upsampler = kind
+
+
 # -- folders -----------------------------------------------------------------------------------------
 
 
@@ -356,9 +422,13 @@ def convert(
     tokenizer: str | None = None,
     trust_torchscript: bool = False,
     license_id: str | None = None,
+    feature_upsampler: str | None = None,
+    trust_pickle: bool = False,
 ) -> Path:
-    """Convert ``source`` into a complete OVSeg folder at ``out_dir``; see the module docstring."""
+    """Convert ``source`` into a complete OVSeg folder at ``out_dir``; see the module docstring.
+    ``feature_upsampler``: a SimFeatUp checkpoint to embed (see [`read_upsampler_checkpoint`])."""
     out = Path(out_dir)
+    upsampler = read_upsampler_checkpoint(feature_upsampler, trust_pickle) if feature_upsampler else None
     path = Path(source)
     base_model = None
     if path.is_file():
@@ -386,6 +456,8 @@ def convert(
 
             processor = OVSegProcessor(processor.image_processor, AutoTokenizer.from_pretrained(tokenizer))
         base_model = None if path.is_dir() else source
+    if upsampler is not None:
+        embed_feature_upsampler(model, *upsampler)
     pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device="cpu")
     pipe.save_pretrained(out)
     card = render_model_card(model.config, source, license_id or _default_license(source), base_model)
@@ -393,4 +465,14 @@ def convert(
     return out
 
 
-__all__ = ["ARCHS", "ClipArch", "ConversionError", "convert", "infer_arch", "openclip_to_hf", "read_state_dict"]
+__all__ = [
+    "ARCHS",
+    "ClipArch",
+    "ConversionError",
+    "convert",
+    "embed_feature_upsampler",
+    "infer_arch",
+    "openclip_to_hf",
+    "read_state_dict",
+    "read_upsampler_checkpoint",
+]

@@ -2,7 +2,9 @@
 
 Sliding windows over a resized image (crops batched and streamed), bilinear upsampling of each crop's
 logits, stitching by averaging overlaps, and the final resize to the original size done in row chunks so
-that a very large image never needs a [classes, H, W] tensor at full resolution.
+that a very large image never needs a [classes, H, W] tensor at full resolution. The order of steps is the
+anchors' (wangf3014/SCLIP@b56bd30:clip_segmentor.py:80-179): slide, stitch, resize to the original size,
+softmax over every class name, max over synonyms, area threshold, background threshold.
 """
 
 from __future__ import annotations
@@ -13,15 +15,30 @@ from dataclasses import dataclass
 import torch
 import torch.nn.functional as F
 
+from .postprocess import area_keep_mask
+
+#: How a crop whose sides are not multiples of the patch size reaches the model:
+#: ``"center"``: zero-padded on both sides to the next multiple, the logits cut back to the crop
+#: (mc-lan/ClearCLIP@ad68a40:clearclip_segmentor.py:168-180, likyoo/SegEarth-OV@3e22a96:segearth_segmentor.py:251-263);
+#: ``"none"``: the patch grid drops the remainder rows and columns and the logits are stretched over the whole
+#: crop (wangf3014/SCLIP@b56bd30:clip_segmentor.py:59-78, sinahmr/NACLIP@0cac3a6:naclip.py:54-69).
+PATCH_PADDINGS = ("center", "none")
+
 
 def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """mmseg's slide-inference windows ``(top, bottom, left, right)`` covering a ``height x width`` image.
+    """mmseg's slide-inference windows ``(top, bottom, left, right)`` covering a ``height x width`` image
+    (SCLIP clip_segmentor.py:96-108).
 
     The last window in each direction is shifted back so it ends at the border; an image smaller than
-    ``crop`` gives windows clipped to the image.
+    ``crop`` gives windows clipped to the image (run as they are, never padded to the crop size).
     """
     if crop <= 0 or stride <= 0:
         raise ValueError(f"crop_size and stride must be positive, got {crop} and {stride}")
+    if stride > crop:
+        raise ValueError(
+            f"stride {stride} is larger than crop_size {crop}: the windows would leave pixels uncovered; "
+            f"use a stride of at most {crop}"
+        )
     rows = max(height - crop + stride - 1, 0) // stride + 1
     cols = max(width - crop + stride - 1, 0) // stride + 1
     boxes = []
@@ -30,12 +47,6 @@ def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[
             bottom, right = min(r * stride + crop, height), min(c * stride + crop, width)
             boxes.append((max(bottom - crop, 0), bottom, max(right - crop, 0), right))
     return boxes
-
-
-def pad_image(image: torch.Tensor, height: int, width: int) -> torch.Tensor:
-    """Zero-pad [B, C, h, w] at the bottom and right to at least ``height x width``."""
-    pad_h, pad_w = max(height - image.shape[-2], 0), max(width - image.shape[-1], 0)
-    return F.pad(image, (0, pad_w, 0, pad_h)) if pad_h or pad_w else image
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -47,6 +58,31 @@ def batched(items: list, size: int) -> Iterator[list]:
         yield items[start : start + size]
 
 
+def crop_logits(
+    forward: Callable[[torch.Tensor], torch.Tensor], crops: torch.Tensor, patch_size: int, patch_padding: str
+) -> torch.Tensor:
+    """Logits of same-sized crops at their pixel size: [b, 3, h, w] -> [b, Q, h, w] float32 (bilinear
+    upsampling of the model's patch logits; see ``PATCH_PADDINGS`` for sides that are not patch multiples)."""
+    height, width = crops.shape[-2:]
+    if patch_padding == "center":
+        pad_h, pad_w = round_up(height, patch_size) - height, round_up(width, patch_size) - width
+        top, left = pad_h // 2, pad_w // 2
+        padded = F.pad(crops, (left, pad_w - left, top, pad_h - top)) if pad_h or pad_w else crops
+        logits = forward(padded).float()
+        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+        return logits[..., top : top + height, left : left + width]
+    if patch_padding == "none":
+        rows, cols = height // patch_size, width // patch_size
+        if rows == 0 or cols == 0:
+            raise ValueError(
+                f"a {height}x{width} image is smaller than one {patch_size}x{patch_size} patch "
+                "(patch_padding='none' drops what does not fill a patch); use a larger image or patch_padding='center'"
+            )
+        logits = forward(crops[..., : rows * patch_size, : cols * patch_size]).float()
+        return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
+    raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
+
+
 def slide_logits(
     forward: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
@@ -54,41 +90,35 @@ def slide_logits(
     crop_size: int | None = 224,
     stride: int = 112,
     batch_size: int = 8,
+    patch_padding: str = "center",
 ) -> torch.Tensor:
     """Stitched dense logits of one image.
 
     Args:
-        forward: maps crops [b, 3, c, c] to logits [b, Q, c/patch, c/patch].
+        forward: maps crops [b, 3, c, c] (sides multiples of ``patch_size``) to logits [b, Q, rows, cols].
         image: [1, 3, H, W] normalised image.
-        crop_size: window side (a multiple of ``patch_size``), or None for one forward on the whole image
-            (padded to a multiple of the patch size).
+        crop_size: window side, or None for one window on the whole image.
+        patch_padding: ``"center"`` or ``"none"`` (see ``PATCH_PADDINGS``).
     Returns:
         [Q, H, W] float32 logits: each crop's logits upsampled bilinearly to the crop, averaged over overlaps.
     """
-    height, width = image.shape[-2:]
-    if crop_size is None:
-        padded = pad_image(image, round_up(height, patch_size), round_up(width, patch_size))
-        logits = forward(padded).float()
-        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[0, :, :height, :width]
-    if crop_size % patch_size:
-        raise ValueError(f"crop_size {crop_size} must be a multiple of the patch size {patch_size}")
+    if patch_padding not in PATCH_PADDINGS:
+        raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    padded = pad_image(image, crop_size, crop_size)  # an image smaller than a crop is padded, then cut back
-    full_h, full_w = padded.shape[-2:]
+    height, width = image.shape[-2:]
+    boxes = [(0, height, 0, width)] if crop_size is None else window_boxes(height, width, crop_size, stride)
     total = count = None
-    for boxes in batched(window_boxes(full_h, full_w, crop_size, stride), batch_size):
-        crops = torch.cat([padded[..., t:b, l:r] for t, b, l, r in boxes])
-        logits = forward(crops).float()
-        logits = F.interpolate(logits, size=(crop_size, crop_size), mode="bilinear", align_corners=False)
+    for group in batched(boxes, batch_size):
+        crops = torch.cat([image[..., t:b, l:r] for t, b, l, r in group])
+        logits = crop_logits(forward, crops, patch_size, patch_padding)
         if total is None:
-            total = logits.new_zeros(logits.shape[1], full_h, full_w)
-            count = logits.new_zeros(1, full_h, full_w)
-        for crop_logits, (t, b, l, r) in zip(logits, boxes, strict=True):
-            total[:, t:b, l:r] += crop_logits
+            total = logits.new_zeros(logits.shape[1], height, width)
+            count = logits.new_zeros(1, height, width)
+        for crop, (t, b, l, r) in zip(logits, group, strict=True):
+            total[:, t:b, l:r] += crop
             count[:, t:b, l:r] += 1
-    return (total / count)[:, :height, :width]
+    return total / count
 
 
 def bilinear_weights(in_size: int, out_size: int, device: torch.device | None = None):
@@ -134,6 +164,19 @@ class DensePrediction:
     probabilities: torch.Tensor | None = None
 
 
+def class_probability_chunks(
+    logits: torch.Tensor, synonym_index: torch.Tensor, size: tuple[int, int], max_chunk_elements: int = 1 << 24
+) -> Iterator[tuple[int, torch.Tensor]]:
+    """``(top, probs)`` for consecutive row chunks of the image at ``size``: the logits resized bilinearly,
+    softmax over every synonym, then the max over each class's synonyms: probs [C, rows, W]."""
+    synonym_index = synonym_index.to(logits.device)
+    chunk = max(1, max_chunk_elements // max(1, logits.shape[0] * size[1]))
+    for top in range(0, size[0], chunk):
+        probs = resize_bilinear(logits, size, slice(top, top + chunk)).softmax(dim=0)  # [Q, r, W]
+        # nothing to merge when every class has one name
+        yield top, probs if synonym_index.shape[0] == probs.shape[0] else probs[synonym_index].amax(dim=1)
+
+
 def predict_labels(
     logits: torch.Tensor,
     synonym_index: torch.Tensor,
@@ -141,15 +184,19 @@ def predict_labels(
     background_threshold: float = 0.0,
     background_index: int | None = None,
     return_probabilities: bool = False,
+    area_threshold: float | None = None,
     max_chunk_elements: int = 1 << 24,
 ) -> DensePrediction:
-    """Resize logits to ``size``, softmax over all synonyms, max over each class's synonyms, threshold.
+    """Resize logits to ``size``, softmax over all synonyms, max over each class's synonyms, area threshold,
+    background threshold.
 
     Args:
         logits: [Q, h, w] stitched logits, one row per synonym.
         synonym_index: [C, S] rows of ``logits`` belonging to each class (padded by repeating a row).
         size: (H, W) original image size; the resize is done in row chunks of bounded memory.
         background_threshold: pixels whose best class probability is below it get ``background_index``.
+        area_threshold: classes whose argmax area is at most this share of the non-background area get zero
+            probability (see ``postprocess.area_keep_mask``); a first pass over the chunks counts the areas.
     """
     height, width = size
     if background_threshold > 0 and background_index is None:
@@ -157,22 +204,26 @@ def predict_labels(
     num_classes = synonym_index.shape[0]
     num_labels = num_classes + int(background_index is not None and background_index >= num_classes)
     device = logits.device  # everything stays on the logits' device (the GPU, in a CUDA pipeline)
+    keep = None
+    if area_threshold is not None:
+        areas = torch.zeros(num_classes, dtype=torch.int64, device=device)
+        for _, class_probs in class_probability_chunks(logits, synonym_index, size, max_chunk_elements):
+            areas += torch.bincount(class_probs.argmax(dim=0).flatten(), minlength=num_classes)
+        keep = area_keep_mask(areas, area_threshold, background_index)
     label_map = torch.empty(height, width, dtype=torch.int32, device=device)
     score_sum = torch.zeros(num_labels, dtype=torch.float64, device=device)
     pixel_count = torch.zeros(num_labels, dtype=torch.int64, device=device)
     probabilities = torch.empty(num_classes, height, width, device=device) if return_probabilities else None
-    synonym_index = synonym_index.to(logits.device)
-    chunk = max(1, max_chunk_elements // max(1, logits.shape[0] * width))
-    for top in range(0, height, chunk):
-        probs = resize_bilinear(logits, size, slice(top, top + chunk)).softmax(dim=0)  # [Q, r, W]
-        # [C, r, W]: max over each class's synonyms (nothing to merge when every class has one name)
-        class_probs = probs if synonym_index.shape[0] == probs.shape[0] else probs[synonym_index].amax(dim=1)
+    for top, class_probs in class_probability_chunks(logits, synonym_index, size, max_chunk_elements):
+        if keep is not None:
+            class_probs = class_probs * keep[:, None, None]
         best, labels = class_probs.max(dim=0)
         if background_index is not None:
             labels = torch.where(best < background_threshold, torch.full_like(labels, background_index), labels)
-        label_map[top : top + chunk] = labels.to(torch.int32)
+        rows = slice(top, top + labels.shape[0])
+        label_map[rows] = labels.to(torch.int32)
         score_sum.index_add_(0, labels.flatten(), best.flatten().double())
         pixel_count += torch.bincount(labels.flatten(), minlength=num_labels)
         if probabilities is not None:
-            probabilities[:, top : top + chunk] = class_probs
+            probabilities[:, rows] = class_probs
     return DensePrediction(label_map, score_sum, pixel_count, probabilities)

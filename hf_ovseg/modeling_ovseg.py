@@ -2,24 +2,29 @@
 
 The model is CLIP with its last vision block replaced, read top to bottom:
 
-1. blocks 1..L-1 of the vision tower run unchanged (the hidden state of layer ``similarity_layer`` is kept
-   for the self-similarity map of module 2);
+1. patch and position embeddings (position embeddings interpolated as ``position_interpolation`` says), then
+   blocks 1..L-1 of the vision tower, unchanged (the hidden states that later steps read are kept);
 2. block L: its attention is the configured ``attention_mode`` (``"gated"`` = module 2), with no residual
-   and no MLP unless configured;
+   and no MLP unless configured; ``attention_mode="sfp"`` replaces this step by SFP's whole last stage;
 3. module 1 (outlier suppression) on block L's output patch tokens, the outliers scored with block L's own
-   vanilla attention (the ``sfp`` preset instead repairs SFP's outliers of block L-1 before block L);
+   vanilla attention (or block L-1's, ``outlier_score_layer="penultimate"``);
 4. post-layernorm and visual projection, then module 3 (global debiasing) with the projected CLS token;
-5. cosine similarity with the text embeddings times ``dense_logit_scale``: dense logits [B, K, rows, cols].
+5. optionally SimFeatUp (``feature_upsampling``, when the model carries an upsampler): the patch features are
+   upsampled to the crop's resolution, guided by the image;
+6. cosine similarity with the text embeddings times ``dense_logit_scale``: dense logits [B, K, rows, cols].
 
-The math lives in ``modules.py`` as pure tensor functions; this file only wires them into CLIP. It is
-self-contained apart from ``configuration_ovseg.py`` and ``modules.py``, which ``save_pretrained`` copies
-beside it so that a saved folder loads with ``trust_remote_code=True``.
+The math lives in ``modules.py`` (and ``upsampler.py``) as pure tensor functions; this file only wires them
+into CLIP. It is self-contained apart from ``configuration_ovseg.py``, ``modules.py`` and ``upsampler.py``,
+which ``save_pretrained`` copies beside it so that a saved folder loads with ``trust_remote_code=True``.
+
+Every method knob is read from ``settings``, an [`OVSegConfig`] passed to ``forward`` (a copy made by
+``config.with_method(...)``), or from the model's own config when none is given: a call never changes the
+model, so one model can serve threads that use different methods at once.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterator
-from contextlib import contextmanager
+import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -30,19 +35,34 @@ from transformers import CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionM
 from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 from transformers.utils import ModelOutput, logging
 
-from .configuration_ovseg import OVSegConfig
+from .configuration_ovseg import (
+    SFP_AGGREGATION_LAYER,
+    SFP_FUSION_LAYERS,
+    SFP_RES_SCALE,
+    SFP_SIMILARITY_THRESHOLD,
+    OVSegConfig,
+)
 from .modules import (
     attention_probs,
     global_debias,
     outlier_scores,
     replace_with_neighbour_mean,
+    sfp_attention,
+    sfp_grid_positions,
     sfp_outliers,
+    sfp_similarity_probs,
+    similarity_aggregate,
     similarity_map,
     suppress_outliers,
+    thresholded_similarity,
     vanilla_attention,
 )
+from .upsampler import build_feature_upsampler
 
 logger = logging.get_logger(__name__)
+
+#: MaskCLIP's mmseg ViT runs every block with this LayerNorm eps (configs/_base_/models/maskclip_vit16.py:22).
+MASKCLIP_LAYER_NORM_EPS = 1e-6
 
 
 @dataclass
@@ -52,7 +72,7 @@ class OVSegVisionOutput(ModelOutput):
     last_hidden_state: [B, 1+N, D] tokens of the patched last block (module 1 applied), before post-layernorm.
     pooler_output: [B, D] post-layernormed CLS token of the patched block.
     grid_size: (rows, cols) patch grid, N = rows * cols.
-    outlier_indices: [B, k] patch indices replaced by module 1, or None when it is off.
+    outlier_indices: [B, k] patch indices replaced by module 1 (or SFP's purification), or None when off.
     """
 
     last_hidden_state: torch.Tensor | None = None
@@ -65,9 +85,11 @@ class OVSegVisionOutput(ModelOutput):
 class OVSegDenseFeatures(ModelOutput):
     """Dense image features of [`OVSegModel.get_dense_image_features`].
 
-    patch_embeds: [B, N, P] projected and debiased patch features (not normalised).
+    patch_embeds: [B, N, P] projected and debiased patch features (not normalised); with SimFeatUp, one per
+        pixel of the crop (N = H * W).
     cls_embeds: [B, P] projected CLS feature of the same patched block.
-    grid_size: (rows, cols). outlier_indices: [B, k] or None.
+    grid_size: (rows, cols) of ``patch_embeds`` (the crop's pixel size with SimFeatUp).
+    outlier_indices: [B, k] or None.
     """
 
     patch_embeds: torch.Tensor | None = None
@@ -107,6 +129,32 @@ def check_pixel_values(pixel_values: torch.Tensor, patch_size: int) -> tuple[int
     return height // patch_size, width // patch_size
 
 
+def interpolate_position_embeddings(position: torch.Tensor, grid_size: tuple[int, int], mode: str) -> torch.Tensor:
+    """Position embeddings [1+g0², D] of a square g0 x g0 grid, for a ``rows x cols`` grid: -> [1+rows*cols, D].
+
+    ``"scale_factor"``: bicubic with ``scale_factor=((rows+0.1)/g0, (cols+0.1)/g0)``, only when the number of
+    patches differs (wangf3014/SCLIP@b56bd30:clip/model.py:239-240, 263-281; the same in NACLIP, ClearCLIP,
+    SegEarth-OV and SFP). ``"size"``: bicubic to ``(rows, cols)`` unless the grid is the native square one
+    (Hugging Face ``CLIPVisionEmbeddings.interpolate_pos_encoding``; MaskCLIP vit.py:405-410 resizes the same
+    way). Computed in float32, as the anchors do (their position embeddings stay float32 under fp16).
+    """
+    rows, cols = grid_size
+    num_positions = position.shape[0] - 1
+    side = math.isqrt(num_positions)
+    if rows * cols == num_positions and (mode == "scale_factor" or rows == cols):
+        return position
+    grid = position[1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
+    if mode == "scale_factor":
+        scale = ((rows + 0.1) / side, (cols + 0.1) / side)
+        grid = F.interpolate(
+            grid, scale_factor=scale, mode="bicubic", align_corners=False, recompute_scale_factor=False
+        )
+    else:
+        grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
+    grid = grid.permute(0, 2, 3, 1).reshape(rows * cols, -1).to(position.dtype)
+    return torch.cat([position[:1], grid])
+
+
 def project_heads(attn: nn.Module, states: torch.Tensor, names: tuple[str, ...]) -> list[torch.Tensor]:
     """Per-head projections [B, h, T, d] of ``states`` [B, T, D] by a CLIP attention's ``{name}_proj``."""
     batch, tokens, _ = states.shape
@@ -116,11 +164,17 @@ def project_heads(attn: nn.Module, states: torch.Tensor, names: tuple[str, ...])
     ]
 
 
+def attend(attn: nn.Module, probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
+    """``out_proj`` of the heads' ``probs @ values``: [B, h, T, T] x [B, h, T, d] -> [B, T, D]."""
+    batch, _, tokens, _ = values.shape
+    return attn.out_proj(torch.matmul(probs.to(values.dtype), values).transpose(1, 2).reshape(batch, tokens, -1))
+
+
 class OVSegVisionModel(CLIPVisionModel):
     """CLIP vision tower with the patched last block. Parameter names are those of [`CLIPVisionModel`].
 
-    ``method_config`` is the [`OVSegConfig`] whose knobs are read at every forward (so they can be
-    switched without reloading weights); by default the ``seed`` preset.
+    ``method_config`` is the [`OVSegConfig`] whose knobs are read when ``forward`` gets no ``settings``; by
+    default the ``seed`` preset.
     """
 
     def __init__(self, config: CLIPVisionConfig, method_config: OVSegConfig | None = None) -> None:
@@ -129,95 +183,187 @@ class OVSegVisionModel(CLIPVisionModel):
             method_config = OVSegConfig(vision_config=config.to_dict())
         self.method_config = method_config
 
-    def forward(self, pixel_values: torch.Tensor, **kwargs: Any) -> OVSegVisionOutput:
-        """pixel_values [B, 3, H, W] with H, W multiples of the patch size (position embeddings interpolated)."""
-        cfg = self.method_config
+    def forward(self, pixel_values: torch.Tensor, settings: OVSegConfig | None = None, **kwargs: Any):
+        """pixel_values [B, 3, H, W] with H, W multiples of the patch size -> [`OVSegVisionOutput`]."""
+        cfg = settings or self.method_config
         grid_size = check_pixel_values(pixel_values, self.config.patch_size)
+        hidden = self.layer_norm(self.pre_layrnorm, self.embed(pixel_values, grid_size, cfg), cfg)
 
-        hidden = self.embeddings(pixel_values, interpolate_pos_encoding=True)
-        hidden = self.pre_layrnorm(hidden)
-
-        # Blocks 1..L-1, unchanged. hidden_states[m] is the output of block m (hidden_states[0] = input).
+        # Blocks 1..L-1, unchanged. states[m] is the output of block m (states[0] = the embeddings), kept
+        # only for the layers a later step reads.
         num_layers = len(self.encoder.layers)
-        mid_layer = cfg.resolved_similarity_layer if cfg.similarity_enhancement else None
-        sfp_rule = cfg.outlier_suppression and cfg.outlier_rule == "sfp"
-        mid = hidden if mid_layer == 0 else None
+        keep = self.layers_to_keep(cfg, num_layers)
+        states = {0: hidden} if 0 in keep else {}
         for index, layer in enumerate(self.encoder.layers[:-1], start=1):
-            if sfp_rule and index == num_layers - 1:
-                before_last = hidden  # SFP scores outliers with block L-1's own attention
-            hidden = layer(hidden, None)
-            if index == mid_layer:
-                mid = hidden
+            hidden = self.encoder_layer(layer, hidden, cfg)
+            if index in keep:
+                states[index] = hidden
 
-        outlier_indices = None
-        if sfp_rule:
-            hidden, mid, outlier_indices = self.sfp_purify(before_last, hidden, mid, grid_size)
-        hidden, seed_outliers = self.last_block(hidden, grid_size, mid)
-        if seed_outliers is not None:
-            outlier_indices = seed_outliers
+        if cfg.attention_mode == "sfp":
+            tokens, outliers = self.sfp_last_stage(states, grid_size, cfg)
+        else:
+            score_probs = None
+            if cfg.outlier_suppression and cfg.outlier_score_layer == "penultimate":
+                score_probs = self.block_attention(num_layers - 2, states[num_layers - 2], cfg)
+            mid = states[cfg.resolved_similarity_layer] if cfg.similarity_enhancement else None
+            tokens, outliers = self.last_block(hidden, grid_size, mid, cfg, score_probs)
         return OVSegVisionOutput(
-            last_hidden_state=hidden,
-            pooler_output=self.post_layernorm(hidden[:, 0]),
+            last_hidden_state=tokens,
+            pooler_output=self.layer_norm(self.post_layernorm, tokens[:, 0], cfg),
             grid_size=grid_size,
-            outlier_indices=outlier_indices,
+            outlier_indices=outliers,
         )
 
-    def sfp_purify(
-        self, before: torch.Tensor, hidden: torch.Tensor, mid: torch.Tensor | None, grid_size: tuple[int, int]
-    ) -> tuple[torch.Tensor, torch.Tensor | None, torch.Tensor]:
-        """SFP's outlier rule: score with block L-1's attention (on its input ``before``), then replace the
-        outliers by their neighbours' mean in ``hidden`` (block L-1's output) and in ``mid``. -> [B, k] indices."""
-        block = self.encoder.layers[-2]
-        q, k = project_heads(block.self_attn, block.layer_norm1(before), ("q", "k"))
-        probs = vanilla_attention(q, k, block.self_attn.scale)
-        indices, valid = sfp_outliers(probs, self.method_config.outlier_top_k)
+    @staticmethod
+    def layers_to_keep(cfg: OVSegConfig, num_layers: int) -> set[int]:
+        """Indices of the hidden states (block outputs) that the last stage reads."""
+        keep = set()
+        if cfg.similarity_enhancement or cfg.attention_mode == "sfp":
+            keep.add(cfg.resolved_similarity_layer)
+        if cfg.outlier_suppression and (cfg.outlier_score_layer == "penultimate" or cfg.attention_mode == "sfp"):
+            keep.add(num_layers - 2)  # the input of block L-1, whose attention scores the outliers
+        if cfg.attention_mode == "sfp":
+            keep.update({num_layers - 1, SFP_AGGREGATION_LAYER, *SFP_FUSION_LAYERS})
+        return keep
 
-        def purify(states: torch.Tensor) -> torch.Tensor:
-            patches = replace_with_neighbour_mean(states[:, 1:], indices, valid, grid_size)
-            return torch.cat([states[:, :1], patches], dim=1)
+    # -- the unchanged tower ---------------------------------------------------------------------
 
-        return purify(hidden), (purify(mid) if mid is not None else None), indices
+    def embed(self, pixel_values: torch.Tensor, grid_size: tuple[int, int], cfg: OVSegConfig) -> torch.Tensor:
+        """CLS and patch embeddings plus position embeddings: [B, 3, H, W] -> [B, 1+N, D]."""
+        emb = self.embeddings
+        patches = emb.patch_embedding(pixel_values.to(emb.patch_embedding.weight.dtype)).flatten(2).transpose(1, 2)
+        cls = emb.class_embedding.to(patches.dtype).expand(patches.shape[0], 1, -1)
+        position = interpolate_position_embeddings(emb.position_embedding.weight, grid_size, cfg.position_interpolation)
+        return torch.cat([cls, patches], dim=1) + position.to(patches.dtype)
+
+    @staticmethod
+    def layer_norm(norm: nn.LayerNorm, states: torch.Tensor, cfg: OVSegConfig) -> torch.Tensor:
+        """``norm`` with the eps of ``encoder_variant`` (the checkpoint's, or MaskCLIP's 1e-6)."""
+        eps = MASKCLIP_LAYER_NORM_EPS if cfg.encoder_variant == "maskclip" else norm.eps
+        return F.layer_norm(states, norm.normalized_shape, norm.weight, norm.bias, eps)
+
+    def mlp(self, layer: nn.Module, states: torch.Tensor, cfg: OVSegConfig) -> torch.Tensor:
+        """A block's MLP branch ``fc2(act(fc1(ln2(x))))`` (exact GELU for ``encoder_variant="maskclip"``)."""
+        activation = F.gelu if cfg.encoder_variant == "maskclip" else layer.mlp.activation_fn
+        return layer.mlp.fc2(activation(layer.mlp.fc1(self.layer_norm(layer.layer_norm2, states, cfg))))
+
+    def encoder_layer(self, layer: nn.Module, hidden: torch.Tensor, cfg: OVSegConfig) -> torch.Tensor:
+        """One unchanged block; ``encoder_variant="maskclip"`` runs it with MaskCLIP's activation and eps
+        (chongzhou96/MaskCLIP@245d31f:configs/_base_/models/maskclip_vit16.py:22-23)."""
+        if cfg.encoder_variant == "clip":
+            return layer(hidden, None)
+        q, k, v = project_heads(layer.self_attn, self.layer_norm(layer.layer_norm1, hidden, cfg), ("q", "k", "v"))
+        batch, tokens, width = hidden.shape
+        attended = F.scaled_dot_product_attention(q, k, v, scale=layer.self_attn.scale)
+        hidden = hidden + layer.self_attn.out_proj(attended.transpose(1, 2).reshape(batch, tokens, width))
+        return hidden + self.mlp(layer, hidden, cfg)
+
+    def block_attention(self, index: int, states: torch.Tensor, cfg: OVSegConfig) -> torch.Tensor:
+        """Vanilla attention probabilities [B, h, T, T] of block ``index`` (0-based) on its input ``states``."""
+        layer = self.encoder.layers[index]
+        q, k = project_heads(layer.self_attn, self.layer_norm(layer.layer_norm1, states, cfg), ("q", "k"))
+        return vanilla_attention(q, k, layer.self_attn.scale)
+
+    # -- the patched last block ------------------------------------------------------------------
 
     def last_block(
-        self, hidden: torch.Tensor, grid_size: tuple[int, int], mid: torch.Tensor | None
+        self,
+        hidden: torch.Tensor,
+        grid_size: tuple[int, int],
+        mid: torch.Tensor | None,
+        cfg: OVSegConfig,
+        score_probs: torch.Tensor | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
         """Block L with the configured attention, then module 1.
 
         Args:
             hidden: [B, 1+N, D] tokens entering block L.
-            mid: [B, 1+N, D] hidden state for the similarity map, or None.
+            mid: [B, 1+N, D] hidden state for module 2's similarity map, or None.
+            score_probs: [B, h, 1+N, 1+N] attention that scores the outliers; None = block L's vanilla attention.
         Returns:
             [B, 1+N, D] block output and the [B, k] outlier indices (None when module 1 is off).
         """
-        cfg = self.method_config
         block = self.encoder.layers[-1]
         attn = block.self_attn
-        batch, tokens, width = hidden.shape
-
-        q, k, v = project_heads(attn, block.layer_norm1(hidden), ("q", "k", "v"))
+        q, k, v = project_heads(attn, self.layer_norm(block.layer_norm1, hidden, cfg), ("q", "k", "v"))
         similarity = similarity_map(mid[:, 1:], cfg.similarity_temperature) if mid is not None else None
-        probs = attention_probs(cfg.attention_mode, q, k, v, attn.scale, grid_size, similarity, cfg.similarity_weight)
-        out = attn.out_proj(torch.matmul(probs, v).transpose(1, 2).reshape(batch, tokens, width))
+        probs = attention_probs(
+            cfg.attention_mode, q, k, v, attn.scale, grid_size, similarity, cfg.similarity_weight,
+            cfg.naclip_gaussian_std,
+        )  # fmt: skip
+        out = attend(attn, probs, v)
         if cfg.last_block_residual:
             out = hidden + out
         if cfg.last_block_mlp:
-            out = out + block.mlp(block.layer_norm2(out))
+            out = out + self.mlp(block, out, cfg)
 
-        if not cfg.outlier_suppression or cfg.outlier_rule != "seed" or cfg.outlier_top_k == 0:
+        if not cfg.outlier_suppression or cfg.outlier_top_k == 0:
             return out, None
-        vanilla = probs if cfg.attention_mode == "vanilla" else vanilla_attention(q, k, attn.scale)
-        scores = outlier_scores(vanilla)
-        top_k = min(cfg.outlier_top_k, tokens - 1)
+        if score_probs is None:
+            score_probs = probs if cfg.attention_mode == "vanilla" else vanilla_attention(q, k, attn.scale)
+        scores = outlier_scores(score_probs)
+        top_k = min(cfg.outlier_top_k, out.shape[1] - 1)
         patches = suppress_outliers(out[:, 1:], scores, grid_size, top_k, cfg.outlier_tau)
         return torch.cat([out[:, :1], patches], dim=1), scores.topk(top_k, dim=-1).indices
 
+    def sfp_last_stage(
+        self, states: dict[int, torch.Tensor], grid_size: tuple[int, int], cfg: OVSegConfig
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """SFP's last stage (Kimsure/SFP@2804f5b:SFP_ICCV/clip/model.py:242-356), on the kept hidden states.
+
+        1. Outliers: block L-1's head-mean attention with its CLS->patch row scaled by ``5 * res_cls``; patches
+           that CLS attends more than they attend to themselves, top ``outlier_top_k`` (264, 269-287). Each is
+           replaced by the mean of its non-outlier neighbours in block L-1's output and in the features of
+           the similarity layer (309-311, 319-322).
+        2. ``pre``: the cosine map of those (purified) block-``similarity_layer`` features, cosines < 0.4 zeroed
+           (323-325); ``post``: the same for block 4, not purified (330-333).
+        3. Main path: patches re-weighted by ``pre`` (326), block L's attention
+           ``(softmax(KKᵀ)+softmax(QQᵀ)+softmax(S'))/3`` among patches, no residual, no MLP, then
+           ``+ res_cls * CLS`` of block L-1 (327-329), re-weighted by ``post`` (334).
+        4. Multi-layer branch: the sum of blocks 4..10 (318) through block L's values with ``softmax(S')`` only,
+           ``+ res_cls *`` its CLS, re-weighted by ``post`` (336-340), added to the main path (341).
+
+        The CLS token returned is block L-1's (343). Returns the tokens [B, 1+N, D] and the outliers' patch
+        indices [B, k] (positions as SFP's code places them, see [`sfp_grid_positions`]; -1 for an empty
+        slot) or None.
+        """
+        num_layers = len(self.encoder.layers)
+        block = self.encoder.layers[-1]
+        attn = block.self_attn
+        entering = states[num_layers - 1]
+        cls, patches = entering[:, :1], entering[:, 1:]
+        similar = states[cfg.resolved_similarity_layer][:, 1:]
+        positions = None
+        if cfg.outlier_suppression and cfg.outlier_top_k > 0:
+            probs = self.block_attention(num_layers - 2, states[num_layers - 2], cfg)
+            indices, valid = sfp_outliers(probs, cfg.outlier_top_k, SFP_RES_SCALE * cfg.sfp_residual_cls)
+            positions, valid = sfp_grid_positions(indices, valid, grid_size)
+            patches = replace_with_neighbour_mean(patches, positions, valid, grid_size)
+            similar = replace_with_neighbour_mean(similar, positions, valid, grid_size)
+            positions = positions.masked_fill(~valid, -1)
+        pre = thresholded_similarity(similar, SFP_SIMILARITY_THRESHOLD)
+        post = thresholded_similarity(states[SFP_AGGREGATION_LAYER][:, 1:], SFP_SIMILARITY_THRESHOLD)
+
+        normed = self.layer_norm(block.layer_norm1, similarity_aggregate(patches, pre), cfg)
+        q, k, v = project_heads(attn, normed, ("q", "k", "v"))
+        main = attend(attn, sfp_attention(q, k, pre, attn.scale), v) + cfg.sfp_residual_cls * cls
+        main = similarity_aggregate(main, post)
+
+        fused = torch.stack([states[m] for m in SFP_FUSION_LAYERS]).sum(dim=0)
+        (values,) = project_heads(attn, self.layer_norm(block.layer_norm1, fused[:, 1:], cfg), ("v",))
+        branch = attend(attn, sfp_similarity_probs(pre).unsqueeze(1), values) + cfg.sfp_residual_cls * fused[:, :1]
+        branch = similarity_aggregate(branch, post)
+        return torch.cat([cls, main + branch], dim=1), positions
+
 
 class OVSegModel(CLIPModel):
-    """CLIP with the training-free dense head. Every HF CLIP checkpoint loads into it unchanged.
+    """CLIP with the training-free dense head. Every HF CLIP checkpoint loads into it unchanged; a model made
+    with ``config.feature_upsampler`` also holds SimFeatUp's weights (``feature_upsampler.*``).
 
     Example:
         >>> model = OVSegModel.from_pretrained("openai/clip-vit-base-patch16", method="seed")
         >>> logits = model(pixel_values, text_embeds=text_embeds).logits  # [B, K, rows, cols]
+        >>> logits = model(pixel_values, text_embeds=text_embeds, settings=model.config.with_method("sclip")).logits
     """
 
     config_class = OVSegConfig
@@ -235,23 +381,18 @@ class OVSegModel(CLIPModel):
         self.visual_projection = nn.Linear(self.vision_embed_dim, self.projection_dim, bias=False)
         self.text_projection = nn.Linear(self.text_embed_dim, self.projection_dim, bias=False)
         self.logit_scale = nn.Parameter(torch.tensor(config.logit_scale_init_value))
+        self.feature_upsampler = (
+            build_feature_upsampler(config.feature_upsampler, self.projection_dim) if config.feature_upsampler else None
+        )
+        self._warned_no_upsampler = False
         self.post_init()
 
     # -- method knobs --------------------------------------------------------------------------
 
     def set_method(self, method: str | None = None, **knobs: Any) -> None:
-        """Switch preset and/or knobs in place, without reloading weights (see [`OVSegConfig.set_method`])."""
+        """Switch the model's preset and/or knobs in place, without reloading weights (see
+        [`OVSegConfig.set_method`]). For one call only, pass ``settings=model.config.with_method(...)``."""
         self.config.set_method(method, **knobs)
-
-    @contextmanager
-    def method_override(self, method: str | None = None, **knobs: Any) -> Iterator[OVSegModel]:
-        """Temporarily switch preset and/or knobs: ``with model.method_override(method="clearclip"): ...``."""
-        saved = self.config.method_knobs()
-        try:
-            self.config.set_method(method, **knobs)
-            yield self
-        finally:
-            self.config.set_method(**saved)
 
     # -- features ------------------------------------------------------------------------------
 
@@ -259,20 +400,49 @@ class OVSegModel(CLIPModel):
         """Projected text embeddings [K, P] (not normalised) of tokenised prompts [K, L]."""
         return self.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
-    def get_dense_image_features(self, pixel_values: torch.Tensor) -> OVSegDenseFeatures:
-        """Projected, debiased patch features [B, N, P] and the projected CLS [B, P] of the patched block."""
-        vision = self.vision_model(pixel_values)
-        embeds = self.visual_projection(self.vision_model.post_layernorm(vision.last_hidden_state))
+    def get_dense_image_features(
+        self, pixel_values: torch.Tensor, settings: OVSegConfig | None = None
+    ) -> OVSegDenseFeatures:
+        """Projected, debiased patch features [B, N, P] and the projected CLS [B, P] of the patched block;
+        with ``feature_upsampling`` and an upsampler, one feature per pixel of the crop."""
+        cfg = settings or self.config
+        vision = self.vision_model(pixel_values, settings=cfg)
+        tokens = self.vision_model.layer_norm(self.vision_model.post_layernorm, vision.last_hidden_state, cfg)
+        embeds = self.visual_projection(tokens)
         cls_embeds = embeds[:, 0]
         patch_embeds = global_debias(
-            embeds[:, 1:], cls_embeds, self.config.global_debias_factor, self.config.global_debias_mode
-        )
+            embeds[:, 1:], cls_embeds, cfg.global_debias_factor, cfg.global_debias_mode,
+            cfg.global_debias_normalize_cls,
+        )  # fmt: skip
+        grid_size = vision.grid_size
+        if cfg.feature_upsampling and self.feature_upsampler is not None:
+            patch_embeds, grid_size = self.upsample_features(patch_embeds, grid_size, pixel_values)
+        elif cfg.feature_upsampling and not self._warned_no_upsampler:
+            self._warned_no_upsampler = True
+            logger.warning(
+                "method %r asks for SimFeatUp but this model carries no feature upsampler: running without it "
+                "(embed one with `hf-ovseg convert ... --feature-upsampler CKPT`)",
+                cfg.method,
+            )
         return OVSegDenseFeatures(
             patch_embeds=patch_embeds,
             cls_embeds=cls_embeds,
-            grid_size=vision.grid_size,
+            grid_size=grid_size,
             outlier_indices=vision.outlier_indices,
         )
+
+    def upsample_features(
+        self, patch_embeds: torch.Tensor, grid_size: tuple[int, int], pixel_values: torch.Tensor
+    ) -> tuple[torch.Tensor, tuple[int, int]]:
+        """SimFeatUp, as SegEarth-OV applies it (likyoo/SegEarth-OV@3e22a96:segearth_segmentor.py:180-186): the
+        [P, rows, cols] feature grid of each crop is upsampled with the normalised crop as guidance.
+        One crop at a time, so that a batch never holds more than one full-resolution intermediate.
+        -> [B, H*W, P] features and the new grid (H, W)."""
+        batch, _, dim = patch_embeds.shape
+        grid = patch_embeds.transpose(1, 2).reshape(batch, dim, *grid_size)
+        guidance = pixel_values.to(grid.dtype)
+        upsampled = torch.cat([self.feature_upsampler(grid[i : i + 1], guidance[i : i + 1]) for i in range(batch)])
+        return upsampled.flatten(2).transpose(1, 2), tuple(upsampled.shape[-2:])
 
     def dense_logits(
         self,
@@ -280,16 +450,18 @@ class OVSegModel(CLIPModel):
         text_embeds: torch.Tensor,
         grid_size: tuple[int, int],
         cls_embeds: torch.Tensor | None = None,
+        settings: OVSegConfig | None = None,
     ) -> torch.Tensor:
         """``dense_logit_scale * (cos(patch, text) + cls_logit_lambda * cos(cls, text))``:
         [B, N, P] x [K, P] (x [B, P]) -> [B, K, rows, cols]."""
+        cfg = settings or self.config
         patch_embeds = F.normalize(patch_embeds, dim=-1)
         text_embeds = F.normalize(text_embeds, dim=-1).to(patch_embeds.dtype)
         logits = torch.einsum("bnp,kp->bkn", patch_embeds, text_embeds)
-        if self.config.cls_logit_lambda and cls_embeds is not None:
+        if cfg.cls_logit_lambda and cls_embeds is not None:
             cls_logits = F.normalize(cls_embeds, dim=-1) @ text_embeds.T  # [B, K]
-            logits = logits + self.config.cls_logit_lambda * cls_logits[..., None]
-        logits = logits * self.config.dense_logit_scale
+            logits = logits + cfg.cls_logit_lambda * cls_logits[..., None]
+        logits = logits * cfg.dense_logit_scale
         return logits.reshape(*logits.shape[:2], *grid_size)
 
     def forward(
@@ -298,6 +470,7 @@ class OVSegModel(CLIPModel):
         input_ids: torch.Tensor | None = None,
         attention_mask: torch.Tensor | None = None,
         text_embeds: torch.Tensor | None = None,
+        settings: OVSegConfig | None = None,
         **kwargs: Any,
     ) -> OVSegOutput:
         """Dense logits of every class for every patch.
@@ -306,8 +479,9 @@ class OVSegModel(CLIPModel):
             pixel_values: [B, 3, H, W], H and W multiples of the patch size.
             input_ids, attention_mask: [K, L] tokenised class prompts, or
             text_embeds: [K, P] precomputed class embeddings (takes precedence).
+            settings: the method knobs of this call (``model.config.with_method(...)``); default the model's.
         Returns:
-            [`OVSegOutput`] with ``logits`` [B, K, H/patch, W/patch].
+            [`OVSegOutput`] with ``logits`` [B, K, H/patch, W/patch] (or [B, K, H, W] with SimFeatUp).
         """
         if text_embeds is None:
             if input_ids is None:
@@ -315,9 +489,9 @@ class OVSegModel(CLIPModel):
             text_embeds = self.encode_text(input_ids, attention_mask)
         if text_embeds.dim() != 2:
             raise ValueError(f"text_embeds must be [num_classes, projection_dim], got {tuple(text_embeds.shape)}")
-        dense = self.get_dense_image_features(pixel_values)
+        dense = self.get_dense_image_features(pixel_values, settings)
         return OVSegOutput(
-            logits=self.dense_logits(dense.patch_embeds, text_embeds, dense.grid_size, dense.cls_embeds),
+            logits=self.dense_logits(dense.patch_embeds, text_embeds, dense.grid_size, dense.cls_embeds, settings),
             patch_embeds=dense.patch_embeds,
             text_embeds=F.normalize(text_embeds, dim=-1),
             grid_size=dense.grid_size,

@@ -18,7 +18,7 @@ import torch
 import torch.nn.functional as F
 
 ATTENTION_MODES = ("gated", "vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "sfp")
-SIMILARITY_MODES = ("gated", "sfp")  # the attention modes that take a self-similarity map
+SIMILARITY_MODES = ("gated",)  # the attention modes that take module 2's self-similarity map
 GLOBAL_DEBIAS_MODES = ("similarity", "uniform")
 
 
@@ -178,19 +178,22 @@ def vanilla_attention(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.T
 
 
 def maskclip_attention(q: torch.Tensor) -> torch.Tensor:
-    """MaskCLIP: identity attention, every token keeps its own value: [B, h, T, d] -> [B, h, T, T]."""
+    """MaskCLIP's value path: identity attention, every token keeps its own value: [B, h, T, d] -> [B, h, T, T].
+    (chongzhou96/MaskCLIP@245d31f:mmseg/models/backbones/vit.py:94-104, where the value path also keeps the
+    residual and the FFN; the ``maskclip`` preset turns those on.)"""
     batch, heads, tokens, _ = q.shape
     eye = torch.eye(tokens, dtype=q.dtype, device=q.device)
     return eye.expand(batch, heads, tokens, tokens)
 
 
 def sclip_attention(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
-    """SCLIP: ``softmax(s QQᵀ) + softmax(s KKᵀ)``."""
+    """SCLIP's correlative self-attention ``softmax(s QQᵀ) + softmax(s KKᵀ)``
+    (wangf3014/SCLIP@b56bd30:clip/model.py:295-298)."""
     return _softmax(_gram(q, q, scale)) + _softmax(_gram(k, k, scale))
 
 
 def clearclip_attention(q: torch.Tensor, scale: float) -> torch.Tensor:
-    """ClearCLIP: ``softmax(s QQᵀ)``."""
+    """ClearCLIP: ``softmax(s QQᵀ)`` (mc-lan/ClearCLIP@ad68a40:open_clip/transformer.py:614-616)."""
     return _softmax(_gram(q, q, scale))
 
 
@@ -211,43 +214,62 @@ def gaussian_prior(
 
 
 def naclip_attention(k: torch.Tensor, scale: float, grid_size: tuple[int, int], std: float = 1.0) -> torch.Tensor:
-    """NACLIP: ``softmax(s KKᵀ + G)`` with the Gaussian prior ``G`` on the patch-patch block."""
+    """NACLIP: ``softmax(s KKᵀ + G)`` with the Gaussian prior ``G`` (std ``std`` patches) on the patch-patch
+    block (sinahmr/NACLIP@0cac3a6:clip/model.py:153-176 builds ``G``, 189-207 adds it; CLS row and column
+    get 0)."""
     prior = _pad_cls(gaussian_prior(tuple(grid_size), std, k.device, k.dtype))
     return _softmax(_gram(k, k, scale) + prior)
 
 
 def segearth_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale: float) -> torch.Tensor:
-    """SegEarth-OV: ``softmax(s QQᵀ) + softmax(s KKᵀ) + softmax(s VVᵀ)``."""
+    """SegEarth-OV: ``softmax(s QQᵀ) + softmax(s KKᵀ) + softmax(s VVᵀ)``
+    (likyoo/SegEarth-OV@3e22a96:open_clip/transformer.py:641-645)."""
     return _softmax(_gram(q, q, scale)) + _softmax(_gram(k, k, scale)) + _softmax(_gram(v, v, scale))
 
 
-def sfp_attention(
-    q: torch.Tensor, k: torch.Tensor, similarity: torch.Tensor, scale: float, threshold: float = 0.4
-) -> torch.Tensor:
-    """SFP's last-block attention among patches: ``(softmax(s KKᵀ) + softmax(s QQᵀ) + softmax(S')) / 3``.
+def thresholded_similarity(patches: torch.Tensor, threshold: float) -> torch.Tensor:
+    """SFP's similarity map: patch cosines, with values below ``threshold`` set to 0: [B, N, D] -> [B, N, N]
+    (Kimsure/SFP@2804f5b:SFP_ICCV/clip/model.py:319-325 and 330-333)."""
+    normed = F.normalize(patches, dim=-1)
+    cosine = torch.matmul(normed, normed.transpose(-1, -2))
+    return cosine.masked_fill(cosine < threshold, 0.0)
 
-    ``S'`` is the cosine map with values below ``threshold`` set to 0, centred on its mean (per image),
-    scaled by 3, and negative entries masked out (-inf), as in the authors' code. Patches do not attend
-    to CLS; the CLS row is the identity (CLS keeps its own value).
+
+def similarity_aggregate(features: torch.Tensor, similarity: torch.Tensor) -> torch.Tensor:
+    """SFP's adaptive aggregation: features re-weighted by the row-normalised similarity map,
+    ``(S / (rowsum(S) + 1e-6)) @ X``: [B, N, D] x [B, N, N] -> [B, N, D] (SFP_ICCV/clip/model.py:443-446)."""
+    weights = similarity / (similarity.sum(dim=-1, keepdim=True) + 1e-6)
+    return torch.matmul(weights, features)
+
+
+def sfp_similarity_probs(similarity: torch.Tensor) -> torch.Tensor:
+    """SFP's attention from a similarity map: ``softmax(S')`` with ``S' = 3 (S - mean(S))`` and its negative
+    entries masked out (-inf); the mean is taken over the whole map of each image: [B, N, N] -> [B, N, N]
+    (SFP_ICCV/clip/model.py:369-370 and 387-390)."""
+    centred = (similarity - similarity.mean(dim=(-2, -1), keepdim=True)) * 3.0
+    return _softmax(centred.masked_fill(centred < 0, float("-inf")))
+
+
+def sfp_attention(q: torch.Tensor, k: torch.Tensor, similarity: torch.Tensor, scale: float) -> torch.Tensor:
+    """SFP's last-block attention among patch tokens (no CLS):
+    ``(softmax(s KKᵀ) + softmax(s QQᵀ) + softmax(S')) / 3``, ``S'`` as in [`sfp_similarity_probs`]
+    (SFP_ICCV/clip/model.py:358-378).
 
     Args:
-        q, k: [B, h, 1+N, d]. similarity: [B, N, N] cosine map of mid-layer patch tokens.
+        q, k: [B, h, N, d] patch queries and keys. similarity: [B, N, N] thresholded cosine map.
     Returns:
-        [B, h, 1+N, 1+N].
+        [B, h, N, N].
     """
-    qp, kp = q[:, :, 1:], k[:, :, 1:]
-    sim = torch.where(similarity < threshold, torch.zeros_like(similarity), similarity)
-    sim = (sim - sim.mean(dim=(-2, -1), keepdim=True)) * 3.0
-    sim = sim.masked_fill(sim < 0, float("-inf"))
-    patch = (_softmax(_gram(kp, kp, scale)) + _softmax(_gram(qp, qp, scale)) + _softmax(sim).unsqueeze(1)) / 3
-    probs = _pad_cls(patch.to(q.dtype))
-    probs[:, :, 0, 0] = 1.0
-    return probs
+    probs = _softmax(_gram(k, k, scale)) + _softmax(_gram(q, q, scale))
+    return (probs + sfp_similarity_probs(similarity).unsqueeze(1).to(probs.dtype)) / 3
 
 
-def sfp_outliers(attn_probs: torch.Tensor, top_k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
-    """SFP's outlier rule: patch ``i`` is a candidate when CLS attends to it more than it attends to itself
-    (``A[0, i] > A[i, i]``, head-mean attention); the ``top_k`` candidates with the largest ``A[0, i]`` are kept.
+def sfp_outliers(
+    attn_probs: torch.Tensor, top_k: int = 10, cls_scale: float = 1.0
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SFP's outlier rule: with the CLS→patch attention scaled by ``cls_scale``, patch ``i`` is a candidate
+    when ``cls_scale * A[0, i] > A[i, i]`` (head-mean attention); the ``top_k`` candidates with the largest
+    scaled ``A[0, i]`` are kept (SFP_ICCV/clip/model.py:264 scales, 271-280 selects).
 
     Args:
         attn_probs: [B, h, 1+N, 1+N].
@@ -255,18 +277,32 @@ def sfp_outliers(attn_probs: torch.Tensor, top_k: int = 10) -> tuple[torch.Tenso
         indices [B, k] and valid [B, k] (False where an image has fewer than k candidates).
     """
     attn = attn_probs.mean(dim=1)
-    cls_to_patch = attn[:, 0, 1:]
+    cls_to_patch = attn[:, 0, 1:] * cls_scale
     self_attn = attn.diagonal(dim1=-2, dim2=-1)[:, 1:]
     candidates = cls_to_patch.masked_fill(cls_to_patch <= self_attn, float("-inf"))
     values, indices = candidates.topk(min(top_k, candidates.shape[-1]), dim=-1)
     return indices, torch.isfinite(values)
 
 
+def sfp_grid_positions(
+    indices: torch.Tensor, valid: torch.Tensor, grid_size: tuple[int, int]
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Where SFP's code puts each outlier: it splits a flat patch index ``i`` into ``(i // rows, i % rows)``
+    (the number of rows where the number of columns is meant), which is the true position only on a
+    square grid. Returns the flat indices of those positions (0 where invalid) and ``valid`` cleared where the
+    position falls outside the grid (SFP's code raises an IndexError there; the outlier is skipped).
+    SFP_ICCV/clip/model.py:281-287 and 426-428."""
+    rows, cols = grid_size
+    row, col = indices // rows, indices % rows
+    valid = valid & (row < rows) & (col < cols)
+    return torch.where(valid, row * cols + col, torch.zeros_like(indices)), valid
+
+
 def replace_with_neighbour_mean(
     patches: torch.Tensor, indices: torch.Tensor, valid: torch.Tensor, grid_size: tuple[int, int]
 ) -> torch.Tensor:
     """SFP's outlier repair: each outlier becomes the mean of its in-grid 8-neighbours that are not
-    outliers themselves (zero when it has none, as in the authors' code).
+    outliers themselves (zero when it has none), SFP_ICCV/clip/model.py:416-441.
 
     Args:
         patches: [B, N, D]. indices, valid: [B, k] from [`sfp_outliers`].
@@ -299,15 +335,16 @@ def attention_probs(
     grid_size: tuple[int, int],
     similarity: torch.Tensor | None = None,
     similarity_weight: float = 1.0,
+    gaussian_std: float = 5.0,
 ) -> torch.Tensor:
-    """Dispatch to the attention of ``mode`` (one of ``ATTENTION_MODES``): -> [B, h, 1+N, 1+N]."""
+    """Dispatch to the last-block attention of ``mode``: -> [B, h, 1+N, 1+N].
+
+    ``mode`` is one of ``ATTENTION_MODES`` except ``"sfp"``, whose last stage works on patch tokens only
+    (see [`sfp_attention`]). ``similarity`` is module 2's map (``"gated"`` only); ``gaussian_std`` is
+    NACLIP's neighbourhood width.
+    """
     if similarity is not None and mode not in SIMILARITY_MODES:
-        modes = " or ".join(SIMILARITY_MODES)
-        raise ValueError(f"a similarity map is only used by attention_mode {modes}, not {mode!r}")
-    if mode == "sfp":
-        if similarity is None:
-            raise ValueError("attention_mode='sfp' needs the similarity map (similarity_enhancement=True)")
-        return sfp_attention(q, k, similarity, scale)
+        raise ValueError(f"a similarity map is only used by attention_mode 'gated', not {mode!r}")
     if mode == "gated":
         return gated_attention(q, k, scale, similarity, similarity_weight)
     if mode == "vanilla":
@@ -319,7 +356,7 @@ def attention_probs(
     if mode == "clearclip":
         return clearclip_attention(q, scale)
     if mode == "naclip":
-        return naclip_attention(k, scale, grid_size)
+        return naclip_attention(k, scale, grid_size, gaussian_std)
     if mode == "segearth":
         return segearth_attention(q, k, v, scale)
     raise ValueError(f"unknown attention mode {mode!r}; valid modes: {', '.join(ATTENTION_MODES)}")
@@ -330,10 +367,17 @@ def attention_probs(
 # ----------------------------------------------------------------------------------------------
 
 
-def global_debias(patches: torch.Tensor, cls: torch.Tensor, factor: float, mode: str = "similarity") -> torch.Tensor:
+def global_debias(
+    patches: torch.Tensor,
+    cls: torch.Tensor,
+    factor: float,
+    mode: str = "similarity",
+    normalize_cls: bool = False,
+) -> torch.Tensor:
     """Module 3: remove the global (CLS) component from projected patch features.
 
-    ``similarity``: ``x_i - factor * cos(x_i, x_cls) * x_cls``; ``uniform``: ``x_i - factor * x_cls``.
+    ``similarity``: ``x_i - factor * cos(x_i, x_cls) * c``; ``uniform``: ``x_i - factor * c``, where ``c`` is
+    ``x_cls`` (the seed text) or, with ``normalize_cls``, the unit vector ``x_cls / ||x_cls||``.
 
     Args:
         patches: [B, N, P] projected patch features.
@@ -346,10 +390,11 @@ def global_debias(patches: torch.Tensor, cls: torch.Tensor, factor: float, mode:
     if factor == 0:
         return patches
     cls = cls[:, None, :]
+    direction = F.normalize(cls, dim=-1) if normalize_cls else cls
     if mode == "uniform":
-        return patches - factor * cls
+        return patches - factor * direction
     cos = (F.normalize(patches, dim=-1) * F.normalize(cls, dim=-1)).sum(-1, keepdim=True)
-    return patches - factor * cos * cls
+    return patches - factor * cos * direction
 
 
 __all__ = [
@@ -365,12 +410,16 @@ __all__ = [
     "maskclip_attention",
     "naclip_attention",
     "outlier_scores",
+    "replace_with_neighbour_mean",
     "sclip_attention",
     "segearth_attention",
     "sfp_attention",
+    "sfp_grid_positions",
     "sfp_outliers",
-    "replace_with_neighbour_mean",
+    "sfp_similarity_probs",
+    "similarity_aggregate",
     "similarity_map",
     "suppress_outliers",
+    "thresholded_similarity",
     "vanilla_attention",
 ]

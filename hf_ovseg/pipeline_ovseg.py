@@ -5,54 +5,108 @@
     >>> segments = segmenter("street.jpg", candidate_labels=["road", "building", "tree", "sky,clouds"])
     >>> [(s["label"], round(s["score"], 2)) for s in segments]   # s["mask"]: PIL "L" image, 0/255
 
-The protocol is that of the training-free OVSS anchors: resize to ``short_side``, sliding windows of
-``crop_size``/``stride`` run in batches of ``batch_size``, logits stitched by averaging overlaps, resized to
-the original size, softmax over classes, synonyms merged by max, optional background threshold.
+The protocol is that of the training-free OVSS anchors: resize (short side ``short_side``, long side at most
+``long_side``, bilinear without antialiasing), sliding windows of ``crop_size``/``stride`` run in batches of
+``batch_size``, logits stitched by averaging overlaps, resized to the original size, optionally refined by
+PAMR, softmax over classes, synonyms merged by max, optional area and background thresholds.
+
+Every per-call setting (the method and its knobs included) lives in that call only: the shared model is
+never changed, so one pipeline can serve several threads with different settings at once.
 """
 
 from __future__ import annotations
 
-import contextlib
-import copy
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from PIL import Image
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .inference import predict_labels, slide_logits
-from .processing_ovseg import LabelSet, load_image, parse_labels
+from .inference import PATCH_PADDINGS, predict_labels, resize_bilinear, slide_logits
+from .postprocess import pamr
+from .processing_ovseg import DEFAULT_LONG_SIDE, LabelSet, check_templates, load_image, parse_labels
 
 TASK = "zero-shot-image-segmentation"
+REFINEMENTS = ("pamr",)
 
-PREPROCESS_KEYS = ("short_side",)
+PREPROCESS_KEYS = ("short_side", "long_side")
 FORWARD_KEYS = (
     "crop_size",
     "stride",
     "crop_batch_size",
+    "patch_padding",
     "templates",
     "background_threshold",
     "background_label",
+    "area_threshold",
+    "refine",
     "return_probabilities",
 )
 POSTPROCESS_KEYS = ("return_label_map", "return_probabilities")
+
+
+def _check_size(name: str, value: Any, allow_none: bool = True) -> None:
+    if value is None and allow_none:
+        return
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        none = " or None" if allow_none else ""
+        raise ValueError(f"{name} must be a positive number of pixels{none}, got {value!r}")
+
+
+def check_call_arguments(kwargs: dict[str, Any]) -> None:
+    """Raise ``ValueError`` naming the first bad protocol argument, before any work is done."""
+    for name in ("short_side", "long_side", "crop_size"):
+        _check_size(name, kwargs.get(name))
+    _check_size("stride", kwargs.get("stride"))
+    if "crop_batch_size" in kwargs:
+        _check_size("batch_size", kwargs["crop_batch_size"], allow_none=False)
+    crop, stride = kwargs.get("crop_size", 224), kwargs.get("stride")
+    if crop is not None and stride is not None and stride > crop:
+        raise ValueError(
+            f"stride {stride} is larger than crop_size {crop}: the windows would leave pixels uncovered; "
+            f"use a stride of at most {crop}"
+        )
+    if kwargs.get("patch_padding", "center") not in PATCH_PADDINGS:
+        raise ValueError(
+            f"unknown patch_padding {kwargs['patch_padding']!r}; valid values: {', '.join(PATCH_PADDINGS)}"
+        )
+    if kwargs.get("refine") not in (None, *REFINEMENTS):
+        raise ValueError(f"unknown refine {kwargs['refine']!r}; valid values: None, {', '.join(REFINEMENTS)}")
+    for name in ("background_threshold", "area_threshold"):
+        value = kwargs.get(name)
+        if value is not None and not 0.0 <= float(value) <= 1.0:
+            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+    if "templates" in kwargs and kwargs["templates"] is not None:
+        check_templates(kwargs["templates"])
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
     """Open-vocabulary semantic segmentation with an [`OVSegModel`] and its [`OVSegProcessor`].
 
     Call arguments (all optional except ``candidate_labels``):
-        candidate_labels: list of class names; ``"sky,clouds"`` makes synonyms of one class.
-        short_side (448): resize so the short side has this length; None keeps the original size.
-        crop_size (224) / stride (112): sliding window; ``crop_size=None`` runs the whole image at once.
+        candidate_labels: list of class names; ``"sky,clouds"`` (or ``"sky|clouds"``) makes synonyms of one
+            class; names the CLIP tokenizer cannot tell apart are an error (see ``parse_labels``).
+        short_side (448) / long_side (2048): resize so the short side is ``short_side`` unless the long side
+            would exceed ``long_side`` (mmcv's keep-ratio rule, as every anchor); ``short_side=None`` keeps the
+            original size.
+        crop_size (224) / stride (``crop_size // 2``): sliding window (``stride <= crop_size``);
+            ``crop_size=None`` runs the whole image at once.
+        patch_padding ("center"): a window whose sides are not patch multiples is zero-padded on both sides
+            (``"center"``) or loses the remainder, its logits stretched over it (``"none"``).
         batch_size (8): crops per forward pass.
+        refine (None): ``"pamr"`` refines the full-resolution logits with PAMR (NACLIP's setting).
+        area_threshold (None): classes covering at most this share of the non-background prediction are
+            dropped (their pixels go to their next-best class), as SCLIP and SFP do.
         background_threshold (0.0) / background_label: pixels whose best probability is below the
             threshold get ``background_label`` (one of the labels, or a new one; default "background").
         return_label_map: return ``{"segments", "label_map", "labels"}`` instead of the segment list;
         return_probabilities: also ``"probabilities"`` [C, H, W] (implies ``return_label_map``).
-        method / any method knob (``outlier_top_k=10``, ...): per-call override, weights not reloaded.
+        method / any method knob (``outlier_top_k=10``, ...): per-call setting, weights not reloaded.
         templates: prompt templates overriding the processor's.
+
+    A PIL image or path is EXIF-rotated (as photos are displayed) before anything else.
     """
 
     _load_processor = True
@@ -65,7 +119,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         if not hasattr(self.processor, "text_embeddings"):
             raise ValueError(
                 "the zero-shot-image-segmentation pipeline needs an OVSegProcessor: pass processor=..., or load "
-                "a folder saved by hf-ovseg convert / pipeline.save_pretrained"
+                "a folder saved by hf-ovseg convert / model.save_pretrained"
             )
 
     def __call__(self, images: Any, candidate_labels: Any = None, **kwargs: Any) -> Any:
@@ -73,7 +127,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             raise ValueError("candidate_labels is required, e.g. candidate_labels=['road', 'tree', 'sky']")
         if "batch_size" in kwargs:  # crops per forward; images are processed one at a time
             kwargs["crop_batch_size"] = kwargs.pop("batch_size")
-        labels = parse_labels(candidate_labels)
+        if isinstance(candidate_labels, LabelSet):
+            labels = candidate_labels  # already parsed (e.g. an anchor's class file, parse_labels(strict=False))
+        else:
+            labels = parse_labels(candidate_labels, tokenizer=self.processor.tokenizer)
         if isinstance(images, (list, tuple)):
             return [
                 super(ZeroShotImageSegmentationPipeline, self).__call__(im, labels=labels, **kwargs) for im in images
@@ -86,23 +143,23 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         unknown = sorted(set(kwargs) - set(PREPROCESS_KEYS + FORWARD_KEYS + POSTPROCESS_KEYS + METHOD_KNOBS))
         if unknown:
             raise ValueError(f"unknown argument(s) {', '.join(unknown)} for the {TASK} pipeline")
+        check_call_arguments(kwargs)
         preprocess = {k: kwargs[k] for k in PREPROCESS_KEYS if k in kwargs}
         forward = {k: kwargs[k] for k in FORWARD_KEYS if k in kwargs}  # label prediction runs on the model's device
         postprocess = {k: kwargs[k] for k in POSTPROCESS_KEYS if k in kwargs}
         knobs = {k: kwargs[k] for k in METHOD_KNOBS if k in kwargs}
         if method is not None or knobs:
-            copy.deepcopy(self.model.config).set_method(method, **knobs)  # a bad value fails here, before any work
-            forward["method_knobs"] = {"method": method, **knobs}
+            forward["settings"] = self.model.config.with_method(method, **knobs)  # a bad value fails here
         if labels is not None:
             forward["labels"] = labels
         return preprocess, forward, postprocess
 
-    def preprocess(self, image: Any, short_side: int | None = 448) -> dict[str, Any]:
-        if short_side is not None and short_side < 1:
-            raise ValueError(f"short_side must be a positive number of pixels or None, got {short_side}")
+    def preprocess(
+        self, image: Any, short_side: int | None = 448, long_side: int | None = DEFAULT_LONG_SIDE
+    ) -> dict[str, Any]:
         picture = load_image(image)
         return {
-            "pixels": self.processor.resize(picture, short_side),  # uint8: normalised on the model's device
+            "pixels": self.processor.resize(picture, short_side, long_side),  # uint8: normalised on the device
             "original_size": (picture.height, picture.width),
         }
 
@@ -111,25 +168,34 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         model_inputs: dict[str, Any],
         labels: LabelSet,
         crop_size: int | None = 224,
-        stride: int = 112,
+        stride: int | None = None,
         crop_batch_size: int = 8,
+        patch_padding: str = "center",
         templates: list[str] | None = None,
         background_threshold: float = 0.0,
         background_label: str | None = None,
+        area_threshold: float | None = None,
+        refine: str | None = None,
         return_probabilities: bool = False,
-        method_knobs: dict[str, Any] | None = None,
+        settings: Any = None,
     ) -> dict[str, Any]:
         model = self.model
         text = self.processor.text_embeddings(model, labels, templates)
         dtype = next(model.parameters()).dtype
-        pixel_values = self.processor.normalize(model_inputs["pixels"]).to(dtype)
+        image = self.processor.normalize(model_inputs["pixels"])
         patch_size = model.config.vision_config.patch_size
 
         def forward(crops: torch.Tensor) -> torch.Tensor:
-            return model(crops, text_embeds=text).logits
+            return model(crops.to(dtype), text_embeds=text, settings=settings).logits
 
-        with model.method_override(**method_knobs) if method_knobs else contextlib.nullcontext():
-            logits = slide_logits(forward, pixel_values, patch_size, crop_size, stride, crop_batch_size)
+        if stride is None and crop_size is not None:
+            stride = max(1, crop_size // 2)
+        logits = slide_logits(forward, image, patch_size, crop_size, stride, crop_batch_size, patch_padding)
+        size = model_inputs["original_size"]
+        if refine == "pamr":  # NACLIP: the normalised image, resized bilinearly to the original size, guides PAMR
+            logits = resize_bilinear(logits, size)
+            guide = F.interpolate(image, size=size, mode="bilinear", align_corners=False)[0]
+            logits = pamr(guide, logits)
 
         names = list(labels.labels)
         background_index = None
@@ -139,13 +205,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                 names.append(background_label)
             background_index = names.index(background_label)
         prediction = predict_labels(
-            logits,
-            labels.synonym_index,
-            model_inputs["original_size"],
-            background_threshold,
-            background_index,
-            return_probabilities,
-        )
+            logits, labels.synonym_index, size, background_threshold, background_index, return_probabilities,
+            area_threshold,
+        )  # fmt: skip
         present = torch.nonzero(prediction.pixel_count).flatten()
         # [P, H, W] 0/255 masks made on the model's device; the bool->uint8 view and in-place scale avoid two
         # extra full-resolution copies (this is most of the memory of a very large image).
@@ -169,11 +231,11 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         return result
 
     def save_pretrained(self, save_directory: str, **kwargs: Any) -> None:
-        """Model, processor, and this pipeline's code with ``custom_pipelines`` in ``config.json``."""
+        """Model (with ``custom_pipelines`` and this pipeline's code) and processor."""
         super().save_pretrained(save_directory, **kwargs)
         self.processor.save_pretrained(save_directory)
 
 
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ZeroShotImageSegmentationPipeline, pt_model=AutoModel)
 
-__all__ = ["TASK", "ZeroShotImageSegmentationPipeline"]
+__all__ = ["REFINEMENTS", "TASK", "ZeroShotImageSegmentationPipeline", "check_call_arguments"]

@@ -8,7 +8,9 @@ templates), so repeated calls with the same labels do no text encoding.
 
 from __future__ import annotations
 
+import logging
 import os
+import threading
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Any
@@ -18,6 +20,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers import ProcessorMixin
+
+logger = logging.getLogger(__name__)
 
 #: The 80 prompt templates OpenAI used for zero-shot ImageNet, the default of every training-free OVSS method.
 OPENAI_IMAGENET_TEMPLATES: tuple[str, ...] = (
@@ -129,20 +133,46 @@ class LabelSet:
         return torch.tensor(rows)
 
 
-def parse_labels(candidate_labels: str | list[str] | tuple[str, ...]) -> LabelSet:
-    """Parse class names: a list gives one class per item (``"sky,clouds"`` = two synonyms of one class);
-    a single string is split on commas into classes. Raises ``ValueError`` on empty or duplicate labels."""
+#: Separates the synonyms of one class everywhere; in a list item (and a labels file line) a comma does too.
+SYNONYM_SEPARATOR = "|"
+
+
+def _split_synonyms(item: str, commas: bool) -> tuple[str, ...]:
+    names = item.replace(",", SYNONYM_SEPARATOR).split(SYNONYM_SEPARATOR) if commas else item.split(SYNONYM_SEPARATOR)
+    return tuple(name.strip() for name in names if name.strip())
+
+
+def _token_key(name: str, tokenizer: Any) -> tuple:
+    """What the text tower sees of a name: its token ids (the CLIP tokenizer lowercases and folds white
+    space), or that normalisation itself when no tokenizer is given."""
+    if tokenizer is None:
+        return (" ".join(name.lower().split()),)
+    return tuple(tokenizer(name, add_special_tokens=False)["input_ids"])
+
+
+def parse_labels(
+    candidate_labels: str | list[str] | tuple[str, ...], tokenizer: Any = None, strict: bool = True
+) -> LabelSet:
+    """Parse class names.
+
+    A list gives one class per item, whose synonyms are separated by commas or ``|`` (``"sky,clouds"``); a
+    single string gives one class per comma, synonyms separated by ``|`` (``"road,sky|clouds"``).
+
+    Raises ``ValueError`` on an empty list and on names the text tower cannot tell apart (same tokens, e.g.
+    ``cat`` and ``Cat``): duplicate classes, a synonym repeated in its class, or (with ``strict``) a synonym
+    shared by two classes. ``strict=False`` allows the last, which some anchors' class files contain
+    (COCO-Object's "bed" is both a background word and a class).
+    """
     if isinstance(candidate_labels, str):
-        items = [[name] for name in candidate_labels.split(",")]
+        synonyms = [_split_synonyms(item, commas=False) for item in candidate_labels.split(",")]
     elif isinstance(candidate_labels, (list, tuple)):
         if not all(isinstance(item, str) for item in candidate_labels):
             raise ValueError("candidate_labels must be strings")
-        items = [item.split(",") for item in candidate_labels]
+        synonyms = [_split_synonyms(item, commas=True) for item in candidate_labels]
     else:
         raise ValueError(
             f"candidate_labels must be a string or a list of strings, got {type(candidate_labels).__name__}"
         )
-    synonyms = [tuple(n.strip() for n in names if n.strip()) for names in items]
     synonyms = [names for names in synonyms if names]
     if not synonyms:
         raise ValueError("candidate_labels is empty: give at least one class name, e.g. ['road', 'tree', 'sky']")
@@ -150,6 +180,29 @@ def parse_labels(candidate_labels: str | list[str] | tuple[str, ...]) -> LabelSe
     duplicates = sorted({name for name in labels if labels.count(name) > 1})
     if duplicates:
         raise ValueError(f"candidate_labels has duplicate labels: {', '.join(duplicates)}")
+    owners: dict[tuple, tuple[int, str]] = {}
+    for index, names in enumerate(synonyms):
+        for name in names:
+            key = _token_key(name, tokenizer)
+            if key not in owners:
+                owners[key] = (index, name)
+                continue
+            other_index, other = owners[key]
+            if other_index == index:
+                raise ValueError(
+                    f"class {labels[index]!r} lists {other!r} and {name!r}, which the text tower cannot tell apart "
+                    "(the CLIP tokenizer ignores case and extra spaces): give each synonym once"
+                )
+            if other == labels[other_index] and name == labels[index]:
+                raise ValueError(
+                    f"candidate_labels has duplicate labels: {other!r} and {name!r} tokenize identically "
+                    "(the CLIP tokenizer ignores case and extra spaces)"
+                )
+            if strict:
+                raise ValueError(
+                    f"{name!r} (class {labels[index]!r}) and {other!r} (class {labels[other_index]!r}) tokenize "
+                    "identically: a name can belong to one class only"
+                )
     return LabelSet(tuple(labels), tuple(synonyms))
 
 
@@ -226,6 +279,105 @@ def to_rgb(image: Image.Image) -> Image.Image:
     return image.convert("RGB")
 
 
+#: The anchors' resize cap: mmseg's ``Resize(scale=(2048, S), keep_ratio=True)`` keeps the long side <= 2048.
+DEFAULT_LONG_SIDE = 2048
+
+
+def rescale_size(height: int, width: int, short_side: int | None, long_side: int | None = None) -> tuple[int, int]:
+    """The size mmcv's ``imrescale(img, (long_side, short_side))`` gives: one factor
+    ``min(long_side / long, short_side / short)`` (up or down), sides rounded with ``int(x * f + 0.5)``
+    (mmcv ``rescale_size`` / ``_scale_size``, used by every anchor's ``Resize(..., keep_ratio=True)``);
+    a side never drops below 1 pixel. ``short_side=None`` keeps the size; ``long_side=None`` has no cap.
+    """
+    if short_side is None:
+        return height, width
+    factor = short_side / min(height, width)
+    if long_side is not None:
+        factor = min(factor, long_side / max(height, width))
+    return max(1, int(height * factor + 0.5)), max(1, int(width * factor + 0.5))
+
+
+def _linear_taps(source: int, target: int, clamp: bool) -> tuple[np.ndarray, ...]:
+    """OpenCV's INTER_LINEAR taps along one axis: source indices of the two taps and their 11-bit weights.
+    Positions ``(d + 0.5) * scale - 0.5`` in float32; along columns a position outside the image puts all
+    the weight on the border pixel, along rows the weights stay and the rows are clamped (OpenCV's
+    ``resize`` coefficient tables)."""
+    scale = 1.0 / (target / source)
+    position = ((np.arange(target) + 0.5) * scale - 0.5).astype(np.float32)
+    first = np.floor(position).astype(np.int64)
+    frac = (position - first).astype(np.float32)
+    if clamp:
+        outside = (first < 0) | (first >= source - 1)
+        frac[outside] = 0
+        first = np.clip(first, 0, source - 1)
+    weight0 = np.round((np.float32(1) - frac) * 2048).astype(np.int32)
+    weight1 = np.round(frac * 2048).astype(np.int32)
+    return np.clip(first, 0, source - 1), np.clip(first + 1, 0, source - 1), weight0, weight1
+
+
+def resize_array(array: np.ndarray, size: tuple[int, int], rows_per_chunk: int = 512) -> np.ndarray:
+    """Bilinear resize of an [H, W, 3] uint8 image to ``size`` = (height, width), bit-identical to
+    ``cv2.resize(..., interpolation=cv2.INTER_LINEAR)`` (what mmcv's ``imresize`` calls in every anchor):
+    no antialiasing, 11-bit fixed-point weights, a horizontal pass in integers and OpenCV's vectorised
+    vertical pass ``(((S0 >> 4) * b0 >> 16) + ((S1 >> 4) * b1 >> 16) + 2) >> 2``. Tested equal to OpenCV 4.10
+    and 5.0 on real photos and random sizes. Output rows are made ``rows_per_chunk`` at a time."""
+    height, width = size
+    if (height, width) == array.shape[:2]:
+        return array
+    col0, col1, alpha0, alpha1 = _linear_taps(array.shape[1], width, clamp=True)
+    row0, row1, beta0, beta1 = _linear_taps(array.shape[0], height, clamp=False)
+    out = np.empty((height, width, array.shape[2]), dtype=np.uint8)
+    for top in range(0, height, rows_per_chunk):
+        rows = slice(top, top + rows_per_chunk)
+
+        def horizontal(source_rows: np.ndarray) -> np.ndarray:
+            picked = array[source_rows].astype(np.int32)
+            return picked[:, col0] * alpha0[None, :, None] + picked[:, col1] * alpha1[None, :, None]
+
+        upper = ((horizontal(row0[rows]) >> 4) * beta0[rows, None, None]) >> 16
+        lower = ((horizontal(row1[rows]) >> 4) * beta1[rows, None, None]) >> 16
+        out[rows] = np.clip((upper + lower + 2) >> 2, 0, 255)
+    return out
+
+
+class TextEmbeddingCache:
+    """A thread-safe LRU cache of text embeddings, bounded to ``max_entries`` label sets (least recently used
+    first out). Two threads asking for the same missing key may both compute it; the entries never mix."""
+
+    def __init__(self, max_entries: int = 32) -> None:
+        if max_entries < 1:
+            raise ValueError(f"the text cache needs max_entries >= 1, got {max_entries}")
+        self.max_entries = max_entries
+        self._entries: OrderedDict[tuple, torch.Tensor] = OrderedDict()
+        self._lock = threading.Lock()
+        self.hits = 0
+        self.misses = 0
+
+    def get(self, key: tuple) -> torch.Tensor | None:
+        with self._lock:
+            value = self._entries.get(key)
+            if value is None:
+                self.misses += 1
+            else:
+                self.hits += 1
+                self._entries.move_to_end(key)
+            return value
+
+    def put(self, key: tuple, value: torch.Tensor) -> None:
+        with self._lock:
+            self._entries[key] = value
+            self._entries.move_to_end(key)
+            while len(self._entries) > self.max_entries:
+                self._entries.popitem(last=False)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._entries)
+
+    def __deepcopy__(self, memo: dict) -> TextEmbeddingCache:
+        return TextEmbeddingCache(self.max_entries)  # a copied processor starts with an empty cache
+
+
 class OVSegProcessor(ProcessorMixin):
     """CLIP image processor + CLIP tokenizer + prompt templates.
 
@@ -234,37 +386,38 @@ class OVSegProcessor(ProcessorMixin):
             dense inference resizes to a short side instead of CLIP's centre crop.
         tokenizer: a CLIP tokenizer.
         templates: prompt templates with one ``{}``; default: the 80 OpenAI ImageNet templates.
+        text_cache_size: label sets whose embeddings are kept (an LRU; see [`TextEmbeddingCache`]).
     """
 
-    def __init__(self, image_processor=None, tokenizer=None, templates: list[str] | None = None, **kwargs: Any):
-        templates = list(templates) if templates is not None else list(OPENAI_IMAGENET_TEMPLATES)
-        if not templates or any("{}" not in t for t in templates):
-            raise ValueError("every prompt template must contain '{}' where the class name goes")
-        self.templates = templates
+    def __init__(
+        self,
+        image_processor=None,
+        tokenizer=None,
+        templates: list[str] | None = None,
+        text_cache_size: int = 32,
+        **kwargs: Any,
+    ):
+        self.templates = check_templates(OPENAI_IMAGENET_TEMPLATES if templates is None else templates)
         super().__init__(image_processor, tokenizer, **kwargs)
-        self._text_cache: OrderedDict[tuple, torch.Tensor] = OrderedDict()
-        self.text_cache_hits = 0
-        self.text_cache_misses = 0
+        self.text_cache_size = text_cache_size
+        self.text_cache = TextEmbeddingCache(text_cache_size)
 
     # -- images ------------------------------------------------------------------------------------
 
-    def preprocess_image(self, image: Image.Image, short_side: int | None = None) -> torch.Tensor:
-        """Resize (keeping the aspect ratio) so the short side is ``short_side``, then CLIP-normalise.
+    def preprocess_image(
+        self, image: Image.Image, short_side: int | None = None, long_side: int | None = DEFAULT_LONG_SIDE
+    ) -> torch.Tensor:
+        """Resize (see [`resize`]), then CLIP-normalise: -> [1, 3, H, W] float32."""
+        return self.normalize(self.resize(image, short_side, long_side))
 
-        Returns:
-            [1, 3, H, W] float32 tensor.
-        """
-        return self.normalize(self.resize(image, short_side))
-
-    def resize(self, image: Image.Image, short_side: int | None = None) -> torch.Tensor:
-        """[1, 3, H, W] uint8 pixels, resized (bilinear, aspect kept) so the short side is ``short_side``."""
-        if short_side is not None:
-            width, height = image.size
-            scale = short_side / min(width, height)
-            size = (max(1, round(width * scale)), max(1, round(height * scale)))
-            if size != image.size:
-                image = image.resize(size, Image.Resampling.BILINEAR)
-        return torch.from_numpy(np.asarray(image, dtype=np.uint8).copy()).permute(2, 0, 1)[None]
+    def resize(
+        self, image: Image.Image, short_side: int | None = None, long_side: int | None = DEFAULT_LONG_SIDE
+    ) -> torch.Tensor:
+        """[1, 3, H, W] uint8 pixels resized as the anchors do: [`rescale_size`] (short side ``short_side``,
+        long side at most ``long_side``) and [`resize_array`] (bilinear, no antialiasing)."""
+        array = np.asarray(image, dtype=np.uint8)
+        array = resize_array(array, rescale_size(image.height, image.width, short_side, long_side))
+        return torch.from_numpy(np.array(array)).permute(2, 0, 1)[None]  # a writable copy
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> CLIP-normalised float32, on the pixels' device."""
@@ -282,15 +435,14 @@ class OVSegProcessor(ProcessorMixin):
         self, model: torch.nn.Module, labels: LabelSet, templates: list[str] | None = None, chunk_size: int = 256
     ) -> torch.Tensor:
         """[Q, P] normalised embeddings of every synonym in ``labels.flat`` (cached; see module docstring)."""
-        templates = list(templates or self.templates)
+        templates = self.templates if templates is None else check_templates(templates)
         param = next(model.parameters())
         key = (id(model), model.config._name_or_path, param.dtype, param.device, labels.flat, tuple(templates))
-        if key in self._text_cache:
-            self.text_cache_hits += 1
-            self._text_cache.move_to_end(key)
-            return self._text_cache[key]
-        self.text_cache_misses += 1
+        cached = self.text_cache.get(key)
+        if cached is not None:
+            return cached
         prompts = [p for name in labels.flat for p in self.prompts(name, templates)]
+        self.warn_truncated(prompts)
         embeds = []
         for start in range(0, len(prompts), chunk_size):
             tokens = self.tokenizer(
@@ -299,16 +451,43 @@ class OVSegProcessor(ProcessorMixin):
             embeds.append(F.normalize(model.encode_text(tokens["input_ids"], tokens["attention_mask"]).float(), dim=-1))
         per_template = torch.cat(embeds).view(len(labels.flat), len(templates), -1)
         result = F.normalize(per_template.mean(dim=1), dim=-1).to(param.dtype)
-        self._text_cache[key] = result
-        while len(self._text_cache) > 16:
-            self._text_cache.popitem(last=False)
+        self.text_cache.put(key, result)
         return result
+
+    def warn_truncated(self, prompts: list[str]) -> None:
+        """Log a warning naming the prompts longer than the text tower's 77 tokens (they are truncated)."""
+        long = [p for p in dict.fromkeys(prompts) if len(self.tokenizer(p)["input_ids"]) > 77]
+        if long:
+            logger.warning(
+                "%d prompt(s) exceed the text tower's 77 tokens and are truncated, e.g. %r",
+                len(long),
+                long[0][:120] + ("..." if len(long[0]) > 120 else ""),
+            )
+
+
+def check_templates(templates: Any) -> list[str]:
+    """Prompt templates: a non-empty list of strings, each with exactly one ``{}`` for the class name."""
+    if isinstance(templates, str) or not isinstance(templates, (list, tuple)):
+        raise ValueError(f"templates must be a list of strings, got {type(templates).__name__}")
+    templates = list(templates)
+    if not templates:
+        raise ValueError("templates is empty: give at least one prompt template, e.g. ['a photo of a {}.']")
+    bad = [t for t in templates if not isinstance(t, str) or t.count("{}") != 1]
+    if bad:
+        raise ValueError(f"every prompt template needs exactly one '{{}}' where the class name goes; got {bad[0]!r}")
+    return templates
 
 
 OVSegProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
+    "DEFAULT_LONG_SIDE",
     "OPENAI_IMAGENET_TEMPLATES",
+    "SYNONYM_SEPARATOR",
+    "TextEmbeddingCache",
+    "check_templates",
+    "rescale_size",
+    "resize_array",
     "LabelSet",
     "OVSegProcessor",
     "load_image",

@@ -13,7 +13,7 @@ import torch
 
 from hf_ovseg import OVSegConfig, OVSegModel
 
-SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
+FIXTURES = Path(__file__).resolve().parent / "fixtures"  # small real images and masks; see fixtures/README.md
 
 
 def tiny_config(method: str = "seed", patch_size: int = 8, **knobs) -> OVSegConfig:
@@ -43,10 +43,8 @@ def tiny_model(method: str = "seed", seed: int = 0, **knobs) -> OVSegModel:
 
 
 @pytest.fixture
-def shared_data() -> Path:
-    if not SHARED_DATA.is_dir():
-        pytest.skip(f"shared data not found at {SHARED_DATA}")
-    return SHARED_DATA
+def fixtures() -> Path:
+    return FIXTURES
 
 
 TEMPLATES = ["a photo of a {}.", "itap of a {}."]

@@ -117,10 +117,8 @@ def gaussian(grid_size, std=1.0):
     return out
 
 
-def attention_mode(mode, q, k, v, scale, grid_size, similarity=None, weight=1.0):
+def attention_mode(mode, q, k, v, scale, grid_size, similarity=None, weight=1.0, std=5.0):
     batch, heads, tokens, _ = q.shape
-    if mode == "sfp":
-        return sfp_attention(q, k, similarity, scale)
     if mode == "gated":
         return gated(q, k, scale, similarity, weight)
     if mode == "vanilla":
@@ -132,29 +130,32 @@ def attention_mode(mode, q, k, v, scale, grid_size, similarity=None, weight=1.0)
     if mode == "clearclip":
         return plain(q, q, scale)
     if mode == "naclip":
-        return plain(k, k, scale, gaussian(grid_size).expand(batch, -1, -1))
+        return plain(k, k, scale, gaussian(grid_size, std).expand(batch, -1, -1))
     if mode == "segearth":
         return plain(q, q, scale) + plain(k, k, scale) + plain(v, v, scale)
     raise AssertionError(mode)
 
 
-def global_debias(patches, cls, factor, mode="similarity"):
+def global_debias(patches, cls, factor, mode="similarity", normalize_cls=False):
     out = patches.double().clone()
     for b in range(patches.shape[0]):
         c = cls[b].double()
+        direction = c / c.norm() if normalize_cls else c
         for i in range(patches.shape[1]):
             x = patches[b, i].double()
             weight = float(cos(x, c)) if mode == "similarity" else 1.0
-            out[b, i] = x - factor * weight * c
+            out[b, i] = x - factor * weight * direction
     return out
 
 
-def sfp_outliers(attn_probs, top_k):
-    """Candidates with A[0, i] > A[i, i] (head mean), ordered by A[0, i]; the first top_k of each image."""
+def sfp_outliers(attn_probs, top_k, cls_scale=1.0):
+    """Candidates with cls_scale * A[0, i] > A[i, i] (head mean), ordered by A[0, i]; the first top_k of each."""
     out = []
     attn = attn_probs.double().mean(dim=1)
     for b in range(attn.shape[0]):
-        candidates = [(float(attn[b, 0, i]), i - 1) for i in range(1, attn.shape[1]) if attn[b, 0, i] > attn[b, i, i]]
+        candidates = [
+            (float(attn[b, 0, i]), i - 1) for i in range(1, attn.shape[1]) if cls_scale * attn[b, 0, i] > attn[b, i, i]
+        ]
         out.append([i for _, i in sorted(candidates, reverse=True)[:top_k]])
     return out
 
@@ -171,20 +172,17 @@ def neighbour_mean(patches, outliers, grid_size):
     return out
 
 
-def sfp_attention(q, k, cosine, scale, threshold=0.4):
+def sfp_attention(q, k, similarity, scale):
+    """(softmax(KK) + softmax(QQ) + softmax(3 (S - mean S), negatives masked)) / 3 among patches."""
     batch, heads, tokens, _ = q.shape
     out = torch.zeros(batch, heads, tokens, tokens, dtype=torch.float64)
     for b in range(batch):
-        sim = cosine[b].double().clone()
-        sim[sim < threshold] = 0.0
-        sim = (sim - sim.mean()) * 3.0
+        sim = (similarity[b].double() - similarity[b].double().mean()) * 3.0
         for h in range(heads):
-            out[b, h, 0, 0] = 1.0
-            for i in range(1, tokens):
-                kk = softmax_row([dot(k, b, h, i, k, j, scale) for j in range(1, tokens)])
-                qq = softmax_row([dot(q, b, h, i, q, j, scale) for j in range(1, tokens)])
-                row = [float(v) if v >= 0 else float("-inf") for v in sim[i - 1]]
-                ss = softmax_row(row)
-                for j in range(1, tokens):
-                    out[b, h, i, j] = (kk[j - 1] + qq[j - 1] + ss[j - 1]) / 3
+            for i in range(tokens):
+                kk = softmax_row([dot(k, b, h, i, k, j, scale) for j in range(tokens)])
+                qq = softmax_row([dot(q, b, h, i, q, j, scale) for j in range(tokens)])
+                ss = softmax_row([float(v) if v >= 0 else float("-inf") for v in sim[i]])
+                for j in range(tokens):
+                    out[b, h, i, j] = (kk[j] + qq[j] + ss[j]) / 3
     return out

@@ -22,8 +22,8 @@ def run(capsys, *argv):
     return code, captured.out, captured.err
 
 
-def test_segment_writes_label_map_overlay_and_json(tiny_folder, shared_data, tmp_path, capsys):
-    photos = [shared_data / "voc" / "JPEGImages" / "2007_000033.jpg", shared_data / "arc2017" / "image.jpg"]
+def test_segment_writes_label_map_overlay_and_json(tiny_folder, fixtures, tmp_path, capsys):
+    photos = [fixtures / "voc" / "JPEGImages" / "2007_000033.jpg", fixtures / "arc2017" / "image.jpg"]
     out = tmp_path / "out"
     code, stdout, _ = run(
         capsys, "segment", *photos, "--labels", "aeroplane,sky,grass", "--model", tiny_folder, "--out", out, *FAST
@@ -63,9 +63,9 @@ def test_labels_file_synonyms_and_tiny_image(tiny_folder, tmp_path, capsys):
         "--out",
         tmp_path / "o",
         "--short-side",
-        "0",
+        "none",
         "--crop-size",
-        "0",
+        "none",
         "--method",
         "clearclip",
     )

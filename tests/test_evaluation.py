@@ -17,7 +17,7 @@ from PIL import Image
 
 from hf_ovseg.cli import main
 from hf_ovseg.evaluation import DATASETS, METRIC_PATH, evaluate_methods, load_benchmark, update_model_card
-from hf_ovseg.evaluation.benchmarks import read_mask
+from hf_ovseg.evaluation.benchmarks import SPLITS_DIR, read_mask
 from hf_ovseg.evaluation.ovseg_miou.ovseg_miou import confusion_matrix
 
 from conftest import tiny_pipeline
@@ -37,8 +37,10 @@ def write_fixture(name: str, root, ids=("a_1", "b_2")):
     raw, expected = (CITY_RAW, CITY_TRAIN) if spec.mask_mapping == "cityscapes" else (RAW, RAW)
     if spec.mask_mapping == "reduce_zero_label":
         expected = REDUCED
+    if spec.packaged_split:  # the split list ships with the package: every id it names
+        ids = tuple((SPLITS_DIR / spec.split_file).read_text().split())
     for sample in ids:
-        stem = f"frankfurt/{sample}" if spec.recursive else sample
+        stem = f"frankfurt/{sample}" if name == "cityscapes" else sample  # found recursively
         image = root / spec.images / f"{stem}{spec.image_suffix}"
         mask = root / spec.masks / f"{stem}{spec.mask_suffix}"
         image.parent.mkdir(parents=True, exist_ok=True)
@@ -48,19 +50,19 @@ def write_fixture(name: str, root, ids=("a_1", "b_2")):
         )
         Image.fromarray(np.full((2, 4, 3), 120, np.uint8)).save(image, format=fmt)
         Image.fromarray(raw).save(mask, format="TIFF" if spec.mask_suffix == ".tif" else "PNG")
-    if spec.split_file:
+    if spec.split_file and not spec.packaged_split:
         (root / spec.split_file).parent.mkdir(parents=True, exist_ok=True)
         (root / spec.split_file).write_text("\n".join(ids) + "\n")
-    return expected
+    return expected, ids
 
 
 @pytest.mark.parametrize("name", list(DATASETS))
 def test_loader_on_its_layout(name, tmp_path):
-    expected = write_fixture(name, tmp_path)
+    expected, ids = write_fixture(name, tmp_path)
     bench = load_benchmark(name, tmp_path)
-    assert len(bench) == 2 and bench.spec.name == name
-    item = bench.dataset[1]
-    assert item["id"] == ("frankfurt/b_2" if DATASETS[name].recursive else "b_2")
+    assert len(bench) == len(ids) and bench.spec.name == name
+    item = bench[1]  # the wrapper indexes like its datasets.Dataset
+    assert item["id"] == (f"frankfurt/{ids[1]}" if name == "cityscapes" else ids[1])
     assert item["image"].mode == "RGB" and item["image"].size == (4, 2)
     assert item["mask"].dtype == np.uint8 and np.array_equal(item["mask"], expected)
     assert len(bench.spec.prompts) == bench.spec.num_classes == len(bench.spec.class_names)
@@ -90,24 +92,24 @@ def test_malformed_layouts(tmp_path):
         read_mask(rgb, DATASETS["voc21"])
 
 
-def test_voc_on_real_shared_data(shared_data):
-    bench = load_benchmark("voc21", shared_data / "voc")
+def test_voc_on_real_fixtures(fixtures):
+    bench = load_benchmark("voc21", fixtures / "voc")
     assert len(bench) == 5 and bench.spec.class_names[0] == "background"
     for item in bench.dataset:
-        official = np.array(Image.open(shared_data / "voc" / "SegmentationClass" / f"{item['id']}.png"))
+        official = np.array(Image.open(fixtures / "voc" / "SegmentationClass" / f"{item['id']}.png"))
         assert np.array_equal(item["mask"], official)  # palette indices, not colours
         assert item["image"].size == (official.shape[1], official.shape[0])
     labels = set(np.unique(bench.dataset[0]["mask"]).tolist())
     assert labels <= set(range(21)) | {255} and len(labels) > 1
-    voc20 = load_benchmark("voc20", shared_data / "voc")
+    voc20 = load_benchmark("voc20", fixtures / "voc")
     first = voc20.dataset[0]["mask"]
     assert np.array_equal(first == 255, (bench.dataset[0]["mask"] == 0) | (bench.dataset[0]["mask"] == 255))
 
 
-def test_ade20k_on_real_shared_data(shared_data):
-    bench = load_benchmark("ade20k", shared_data / "ade20k")
+def test_ade20k_on_real_fixtures(fixtures):
+    bench = load_benchmark("ade20k", fixtures / "ade20k")
     assert len(bench) == 3
-    raw = np.array(Image.open(shared_data / "ade20k" / "annotations" / "validation" / "ADE_val_00000001.png"))
+    raw = np.array(Image.open(fixtures / "ade20k" / "annotations" / "validation" / "ADE_val_00000001.png"))
     mask = bench.dataset[0]["mask"]
     assert np.array_equal(mask == 255, raw == 0) and np.array_equal(mask[raw > 0], raw[raw > 0] - 1)
 
@@ -147,8 +149,8 @@ def miou():
 
 
 @pytest.fixture
-def voc_masks(shared_data):
-    folder = shared_data / "voc" / "SegmentationClass"
+def voc_masks(fixtures):
+    folder = fixtures / "voc" / "SegmentationClass"
     return [np.array(Image.open(p)) for p in sorted(folder.glob("*.png"))]
 
 
@@ -190,7 +192,7 @@ def test_hand_computed_case_and_reduce_labels(miou):
 # ---- runner ---------------------------------------------------------------------------------------
 
 
-def voc_eval_args(model, shared_data, *extra: str) -> list[str]:
+def voc_eval_args(model, fixtures, *extra: str) -> list[str]:
     """``hf-ovseg evaluate`` on the shared VOC pairs with a small, fast window."""
     fast = ["--short-side", "64", "--crop-size", "32", "--stride", "16"]
     return [
@@ -198,7 +200,7 @@ def voc_eval_args(model, shared_data, *extra: str) -> list[str]:
         "--dataset",
         "voc21",
         "--data-root",
-        str(shared_data / "voc"),
+        str(fixtures / "voc"),
         "--model",
         str(model),
         *fast,
@@ -206,12 +208,12 @@ def voc_eval_args(model, shared_data, *extra: str) -> list[str]:
     ]
 
 
-def test_runner_end_to_end_on_real_voc(tiny_folder, shared_data, tmp_path, capsys):
+def test_runner_end_to_end_on_real_voc(tiny_folder, fixtures, tmp_path, capsys):
     out = tmp_path / "results.json"
     card = tmp_path / "README.md"
     card.write_text("# card\n<!-- hf-ovseg:eval:start -->\nnothing yet\n<!-- hf-ovseg:eval:end -->\ntail\n")
     code = main(
-        voc_eval_args(tiny_folder, shared_data, "--methods", "seed,clearclip", "--limit", "3", "--out", str(out))
+        voc_eval_args(tiny_folder, fixtures, "--methods", "seed,clearclip", "--limit", "3", "--out", str(out))
         + ["--background-threshold", "0.2", "--update-model-card", str(card)]
     )
     assert code == 0
@@ -223,7 +225,7 @@ def test_runner_end_to_end_on_real_voc(tiny_folder, shared_data, tmp_path, capsy
         assert r["knobs"]["method"] == r["method"] and len(r["per_class_iou"]) == 21
         assert 0 <= r["miou"] <= 100 and r["seconds"] > 0
         assert sum(map(sum, r["confusion_matrix"])) == sum(
-            int((np.array(Image.open(shared_data / "voc" / "SegmentationClass" / f"{i}.png")) != 255).sum())
+            int((np.array(Image.open(fixtures / "voc" / "SegmentationClass" / f"{i}.png")) != 255).sum())
             for i in ["2007_000033", "2011_000003", "2011_000006"]
         )
     table = capsys.readouterr().out
@@ -232,9 +234,9 @@ def test_runner_end_to_end_on_real_voc(tiny_folder, shared_data, tmp_path, capsy
     assert "| voc21 | seed |" in text and "nothing yet" not in text and text.endswith("tail\n")
 
 
-def test_runner_matches_manual_pipeline_and_metric(shared_data):
+def test_runner_matches_manual_pipeline_and_metric(fixtures):
     pipe = tiny_pipeline()
-    bench = load_benchmark("voc21", shared_data / "voc", limit=2)
+    bench = load_benchmark("voc21", fixtures / "voc", limit=2)
     (result,) = evaluate_methods(pipe, bench, ["seed"], FAST, "tiny", progress=False)
     matrix = np.zeros((21, 22), dtype=np.int64)
     for item in bench.dataset:
@@ -250,17 +252,20 @@ def test_runner_matches_manual_pipeline_and_metric(shared_data):
     assert np.array_equal(np.array(result.confusion_matrix), matrix)
 
 
-def test_shards_sum_to_single_process(shared_data):
+def test_shards_sum_to_single_process(fixtures):
     pipe = tiny_pipeline()
-    bench = load_benchmark("voc21", shared_data / "voc")
+    bench = load_benchmark("voc21", fixtures / "voc")
     single = evaluate_methods(pipe, bench, ["seed"], FAST, "tiny", progress=False)[0]
-    parts = [evaluate_methods(pipe, bench, ["seed"], FAST, "tiny", i, 2, progress=False)[0] for i in range(2)]
+    parts = [
+        evaluate_methods(pipe, bench, ["seed"], FAST, "tiny", process_index=i, num_processes=2, progress=False)[0]
+        for i in range(2)
+    ]
     assert np.array_equal(np.add(*[np.array(p.confusion_matrix) for p in parts]), np.array(single.confusion_matrix))
 
 
 @pytest.mark.skipif(shutil.which("accelerate") is None, reason="accelerate CLI not on PATH")
-def test_accelerate_launch_two_processes(tiny_folder, shared_data, tmp_path):
-    common = voc_eval_args(tiny_folder, shared_data, "--limit", "4")
+def test_accelerate_launch_two_processes(tiny_folder, fixtures, tmp_path):
+    common = voc_eval_args(tiny_folder, fixtures, "--limit", "4")
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # the launched processes run one thread each; same arithmetic, same rounding
     try:
@@ -296,8 +301,8 @@ def test_accelerate_launch_two_processes(tiny_folder, shared_data, tmp_path):
     assert one["confusion_matrix"] == two["confusion_matrix"] and one["miou"] == two["miou"]
 
 
-def test_runner_errors(tiny_folder, shared_data, tmp_path, capsys):
-    args = ["evaluate", "--data-root", str(shared_data / "voc"), "--model", str(tiny_folder)]
+def test_runner_errors(tiny_folder, fixtures, tmp_path, capsys):
+    args = ["evaluate", "--data-root", str(fixtures / "voc"), "--model", str(tiny_folder)]
     assert main([*args, "--dataset", "voc20", "--background-threshold", "0.3", "--limit", "1"]) == 2
     assert "voc20 has no background class" in capsys.readouterr().err
     assert main([*args, "--dataset", "voc21", "--methods", "seed,best"]) == 2

@@ -63,18 +63,53 @@ def test_overlaps_average_exactly():
     torch.testing.assert_close(got[1], total / count)
 
 
-def test_small_image_is_padded_and_cut_back():
-    shapes = []
+def test_center_padding_pads_both_sides_and_cuts_back():
+    """ClearCLIP/SegEarth-OV: a crop that is not a patch multiple is padded with zeros, half on each side."""
+    seen = []
 
     def forward(crops):
-        shapes.append(tuple(crops.shape))
-        return torch.ones(crops.shape[0], 2, crops.shape[2] // 8, crops.shape[3] // 8)
+        seen.append(crops)
+        rows, cols = crops.shape[2] // 8, crops.shape[3] // 8
+        return torch.arange(rows * cols, dtype=torch.float32).view(1, 1, rows, cols).expand(crops.shape[0], 2, -1, -1)
 
-    assert slide_logits(forward, torch.zeros(1, 3, 5, 7), 8, crop_size=32, stride=16).shape == (2, 5, 7)
-    assert slide_logits(forward, torch.zeros(1, 3, 5, 7), 8, crop_size=None).shape == (2, 5, 7)
-    assert shapes == [(1, 3, 32, 32), (1, 3, 8, 8)]
-    with pytest.raises(ValueError, match="multiple of the patch size"):
-        slide_logits(forward, torch.zeros(1, 3, 40, 40), 8, crop_size=30)
+    image = torch.randn(1, 3, 5, 13)
+    got = slide_logits(forward, image, 8, crop_size=32, stride=16, patch_padding="center")
+    assert seen[0].shape == (1, 3, 8, 16)  # 5 -> 8 rows (1 above, 2 below), 13 -> 16 cols (1 left, 2 right)
+    torch.testing.assert_close(seen[0][0, :, 1:6, 1:14], image[0])
+    assert seen[0][0, :, 0].abs().sum() == 0 and seen[0][0, :, :, -2:].abs().sum() == 0
+    full = F.interpolate(torch.tensor([[[[0.0, 1.0]]]]), size=(8, 16), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got[0], full[0, 0, 1:6, 1:14])
+    assert slide_logits(forward, image, 8, crop_size=None, patch_padding="center").shape == (2, 5, 13)
+
+
+def test_no_padding_drops_the_remainder_and_stretches():
+    """SCLIP/NACLIP/SFP: the patch grid ignores what does not fill a patch; logits cover the whole crop."""
+    seen = []
+
+    def forward(crops):
+        seen.append(crops.shape)
+        rows, cols = crops.shape[2] // 8, crops.shape[3] // 8
+        return torch.arange(rows * cols, dtype=torch.float32).view(1, 1, rows, cols).expand(crops.shape[0], 1, -1, -1)
+
+    image = torch.randn(1, 3, 13, 20)
+    got = slide_logits(forward, image, 8, crop_size=None, patch_padding="none")
+    assert seen == [(1, 3, 8, 16)]
+    expected = F.interpolate(torch.tensor([[[[0.0, 1.0]]]]), size=(13, 20), mode="bilinear", align_corners=False)
+    torch.testing.assert_close(got, expected[0])
+    with pytest.raises(ValueError, match="a 5x20 image is smaller than one 8x8 patch"):
+        slide_logits(forward, torch.zeros(1, 3, 5, 20), 8, crop_size=None, patch_padding="none")
+    with pytest.raises(ValueError, match="unknown patch_padding 'edge'"):
+        slide_logits(forward, image, 8, patch_padding="edge")
+
+
+def test_stride_larger_than_crop_is_rejected_and_windows_always_cover():
+    with pytest.raises(ValueError, match="stride 300 is larger than crop_size 224"):
+        window_boxes(500, 500, 224, 300)
+    for height, width, crop, stride in [(500, 333, 224, 224), (7, 1000, 224, 1), (225, 449, 224, 112)]:
+        covered = torch.zeros(height, width)
+        for t, b, l, r in window_boxes(height, width, crop, stride):
+            covered[t:b, l:r] += 1
+        assert covered.min() >= 1
 
 
 @pytest.mark.parametrize(("n_in", "n_out"), [(7, 20), (20, 7), (5, 5), (1, 4), (14, 500)])

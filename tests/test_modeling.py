@@ -8,7 +8,7 @@ import torch
 import torch.nn.functional as F
 from transformers import CLIPConfig, CLIPModel
 
-from hf_ovseg import METHOD_PRESETS, OVSegConfig, OVSegModel
+from hf_ovseg import OVSegConfig, OVSegModel
 from hf_ovseg.configuration_ovseg import ATTENTION_MODES
 
 import reference as ref
@@ -42,9 +42,14 @@ def reference_dense(model: OVSegModel, pixel_values: torch.Tensor, text_embeds: 
     cls = sd[p + "embeddings.class_embedding"].expand(x.shape[0], 1, -1)
     pos = sd[p + "embeddings.position_embedding.weight"]
     side = vc.image_size // vc.patch_size
-    if (rows, cols) != (side, side):
+    if cfg.position_interpolation == "scale_factor" and rows * cols != side * side:
         grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
-        grid = F.interpolate(grid, size=(rows, cols), mode="bicubic", align_corners=False)
+        scale = ((rows + 0.1) / side, (cols + 0.1) / side)
+        grid = F.interpolate(grid.float(), scale_factor=scale, mode="bicubic", align_corners=False).double()
+        pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(rows * cols, -1)])
+    elif cfg.position_interpolation == "size" and (rows, cols) != (side, side):
+        grid = pos[1:].reshape(1, side, side, -1).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid.float(), size=(rows, cols), mode="bicubic", align_corners=False).double()
         pos = torch.cat([pos[:1], grid.permute(0, 2, 3, 1).reshape(rows * cols, -1)])
     h = _layer_norm(torch.cat([cls, patches], 1) + pos, sd, p + "pre_layrnorm")
 
@@ -66,44 +71,46 @@ def reference_dense(model: OVSegModel, pixel_values: torch.Tensor, text_embeds: 
         hidden_states.append(h)
 
     mid = hidden_states[cfg.resolved_similarity_layer] if cfg.similarity_enhancement else None
-    sfp_rule = cfg.outlier_suppression and cfg.outlier_rule == "sfp"
-    if sfp_rule:  # outliers from block L-1's attention; neighbour mean in its output and in the mid features
-        q, k, _ = qkv(hidden_states[layers - 2], layers - 2)
-        chosen = ref.sfp_outliers(((q @ k.transpose(-1, -2)) * scale).softmax(-1), cfg.outlier_top_k)
-        h = torch.cat([h[:, :1], ref.neighbour_mean(h[:, 1:], chosen, (rows, cols))], 1)
-        if mid is not None:
-            mid = torch.cat([mid[:, :1], ref.neighbour_mean(mid[:, 1:], chosen, (rows, cols))], 1)
 
     name = f"{p}encoder.layers.{layers - 1}."
     q, k, v = qkv(h, layers - 1)
     sim = None
     if cfg.similarity_enhancement:
         sim = ref.similarity_map(mid[:, 1:], cfg.similarity_temperature)
-    probs = ref.attention_mode(cfg.attention_mode, q, k, v, scale, (rows, cols), sim, cfg.similarity_weight)
+    probs = ref.attention_mode(
+        cfg.attention_mode, q, k, v, scale, (rows, cols), sim, cfg.similarity_weight, cfg.naclip_gaussian_std
+    )
     out = _linear((probs @ v).transpose(1, 2).flatten(2), sd, name + "self_attn.out_proj")
     if cfg.last_block_residual:
         out = h + out
     if cfg.last_block_mlp:
         z = _linear(_layer_norm(out, sd, name + "layer_norm2"), sd, name + "mlp.fc1")
         out = out + _linear(z * torch.sigmoid(1.702 * z), sd, name + "mlp.fc2")
-    if cfg.outlier_suppression and not sfp_rule:
+    if cfg.outlier_suppression:
+        if cfg.outlier_score_layer == "penultimate":  # block L-1's own attention on its input
+            q, k, _ = qkv(hidden_states[layers - 2], layers - 2)
         scores = ref.outlier_scores(((q @ k.transpose(-1, -2)) * scale).softmax(-1))
         out = torch.cat(
             [out[:, :1], ref.suppress_outliers(out[:, 1:], scores, (rows, cols), cfg.outlier_top_k, cfg.outlier_tau)], 1
         )
     emb = _layer_norm(out, sd, p + "post_layernorm") @ sd["visual_projection.weight"].T
-    patch_embeds = ref.global_debias(emb[:, 1:], emb[:, 0], cfg.global_debias_factor, cfg.global_debias_mode)
+    patch_embeds = ref.global_debias(
+        emb[:, 1:], emb[:, 0], cfg.global_debias_factor, cfg.global_debias_mode, cfg.global_debias_normalize_cls
+    )
     text = F.normalize(text_embeds.double(), dim=-1)
     logits = F.normalize(patch_embeds, dim=-1) @ text.T
     logits = (logits + cfg.cls_logit_lambda * (F.normalize(emb[:, :1], dim=-1) @ text.T)) * cfg.dense_logit_scale
     return logits.transpose(1, 2).reshape(x.shape[0], -1, rows, cols)
 
 
-@pytest.mark.parametrize("method", list(METHOD_PRESETS))
-@pytest.mark.parametrize("size", [(32, 32), (24, 40)])
+#: Presets whose whole path this formula reference covers (maskclip and sfp: see test_anchor_parity).
+FORMULA_PRESETS = ["seed", "vanilla", "sclip", "clearclip", "naclip", "segearth"]
+
+
+@pytest.mark.parametrize("method", FORMULA_PRESETS)
+@pytest.mark.parametrize("size", [(32, 32), (24, 40), (48, 64)])
 def test_dense_path_matches_independent_reimplementation(method, size):
-    layer = {"similarity_layer": 2} if method == "sfp" else {}  # SFP's block 9 does not exist in 4 layers
-    model = tiny_model(method, outlier_top_k=4, global_debias_factor=0.3, outlier_suppression=True, **layer)
+    model = tiny_model(method, outlier_top_k=4, global_debias_factor=0.3, outlier_suppression=True)
     torch.manual_seed(1)
     pixels, text = torch.randn(2, 3, *size), torch.randn(5, 16)
     with torch.no_grad():
@@ -112,9 +119,32 @@ def test_dense_path_matches_independent_reimplementation(method, size):
     torch.testing.assert_close(got.double(), reference_dense(model, pixels, text), rtol=1e-4, atol=1e-4)
 
 
-@pytest.mark.parametrize("mode", ATTENTION_MODES)
+@pytest.mark.parametrize(
+    "knobs",
+    [
+        {"outlier_score_layer": "penultimate"},
+        {"global_debias_normalize_cls": True},
+        {"global_debias_normalize_cls": True, "global_debias_mode": "uniform"},
+        {"outlier_score_layer": "penultimate", "global_debias_normalize_cls": True, "position_interpolation": "size"},
+        {"method": "naclip", "naclip_gaussian_std": 1.5},
+    ],
+)
+def test_seed_variants_match_reimplementation(knobs):
+    """The ablations of the seed's code base (block L-1 outlier scores, a unit-norm CLS in module 3)."""
+    knobs = dict(knobs)
+    model = tiny_model(knobs.pop("method", "seed"), outlier_top_k=5, **knobs)
+    torch.manual_seed(4)
+    pixels, text = torch.randn(1, 3, 40, 48), torch.randn(3, 16)
+    with torch.no_grad():
+        got = model(pixels, text_embeds=text).logits
+        plain = tiny_model("seed", outlier_top_k=5)(pixels, text_embeds=text).logits
+    torch.testing.assert_close(got.double(), reference_dense(model, pixels, text), rtol=1e-4, atol=1e-4)
+    assert not torch.allclose(got, plain)  # the knob changes the result
+
+
+@pytest.mark.parametrize("mode", [m for m in ATTENTION_MODES if m != "sfp"])
 def test_every_attention_mode_matches_reference(mode):
-    knobs = {"similarity_enhancement": mode in ("gated", "sfp"), "global_debias_mode": "uniform"}
+    knobs = {"similarity_enhancement": mode == "gated", "global_debias_mode": "uniform"}
     model = tiny_model("seed", attention_mode=mode, similarity_layer=2, similarity_temperature=0.5, **knobs)
     pixels, text = torch.randn(1, 3, 32, 24), torch.randn(3, 16)
     with torch.no_grad():
@@ -171,18 +201,24 @@ def test_presets_and_explicit_overrides():
     seed = tiny_config()
     assert (seed.attention_mode, seed.outlier_suppression, seed.similarity_enhancement) == ("gated", True, True)
     assert (seed.outlier_top_k, seed.outlier_tau, seed.global_debias_factor) == (30, 0.1, 0.2)
-    assert seed.resolved_similarity_layer == (4 - 1) // 2
+    assert (seed.outlier_score_layer, seed.global_debias_normalize_cls) == ("last", False)
+    assert seed.position_interpolation == "scale_factor" and seed.resolved_similarity_layer == (4 - 1) // 2
     vanilla = tiny_config("vanilla")
     assert vanilla.attention_mode == "vanilla" and vanilla.last_block_residual and vanilla.last_block_mlp
     assert not vanilla.outlier_suppression and vanilla.global_debias_factor == 0.0
-    for name in ("maskclip", "sclip", "clearclip", "naclip", "segearth"):
+    assert vanilla.position_interpolation == "size"
+    sclip = tiny_config("sclip")  # SCLIP keeps the last block's residual and MLP (clip/model.py:249-251)
+    assert sclip.last_block_residual and sclip.last_block_mlp
+    maskclip = tiny_config("maskclip")  # the value path keeps residual and FFN (MaskCLIP vit.py:103-104)
+    assert maskclip.last_block_residual and maskclip.last_block_mlp and maskclip.encoder_variant == "maskclip"
+    for name in ("clearclip", "naclip", "segearth"):
         cfg = tiny_config(name)
         assert cfg.attention_mode == name and not cfg.outlier_suppression and not cfg.last_block_mlp
-    assert tiny_config("segearth").cls_logit_lambda == -0.3 and seed.cls_logit_lambda == 0.0
-    sfp = tiny_config("sfp", similarity_layer=2)
-    assert (sfp.attention_mode, sfp.outlier_rule, sfp.outlier_top_k) == ("sfp", "sfp", 10)
-    assert sfp.similarity_enhancement and sfp.global_debias_factor == 0.0
-    with pytest.raises(ValueError, match=r"similarity_layer .* \[0, 3\]; got 9"):
+        assert not cfg.last_block_residual and cfg.position_interpolation == "scale_factor"
+    assert tiny_config("naclip").naclip_gaussian_std == 5.0
+    segearth = tiny_config("segearth")
+    assert segearth.cls_logit_lambda == -0.3 and segearth.feature_upsampling and seed.cls_logit_lambda == 0.0
+    with pytest.raises(ValueError, match=r"attention_mode=.sfp. reads blocks 4..10 .* at least 11 layers"):
         tiny_config("sfp")
     assert tiny_config("clearclip", global_debias_factor=0.5).global_debias_factor == 0.5
 
@@ -191,7 +227,12 @@ def test_presets_and_explicit_overrides():
     ("knobs", "message"),
     [
         ({"method": "fancy"}, "unknown method 'fancy'; valid methods: seed, vanilla, maskclip"),
-        ({"attention_mode": "flash"}, "unknown attention_mode 'flash'; valid modes: gated, vanilla"),
+        ({"attention_mode": "flash"}, "unknown attention_mode 'flash'; valid values: gated, vanilla"),
+        ({"position_interpolation": "area"}, "unknown position_interpolation 'area'; valid values: scale_factor"),
+        ({"outlier_score_layer": "first"}, "unknown outlier_score_layer 'first'; valid values: last, penultimate"),
+        ({"encoder_variant": "x"}, "unknown encoder_variant 'x'; valid values: clip, maskclip"),
+        ({"naclip_gaussian_std": 0.0}, "naclip_gaussian_std must be > 0"),
+        ({"method": "sfp", "last_block_mlp": True}, "attention_mode='sfp' replaces the whole last block"),
         ({"global_debias_mode": "mean"}, "unknown global_debias_mode 'mean'"),
         (
             {"method": "clearclip", "similarity_enhancement": True},
@@ -209,20 +250,26 @@ def test_bad_settings_raise_clear_errors(knobs, message):
         tiny_config(method, **knobs)
 
 
-def test_set_method_and_override_restore():
+def test_per_call_settings_leave_the_model_unchanged():
     model = tiny_model(outlier_top_k=7)
     pixels, text = torch.randn(1, 3, 32, 32), torch.randn(3, 16)
     with torch.no_grad():
         before = model(pixels, text_embeds=text).logits
-        with model.method_override(method="clearclip"):
-            assert model.config.attention_mode == "clearclip" and not model.config.outlier_suppression
-            during = model(pixels, text_embeds=text).logits
+        settings = model.config.with_method("clearclip")
+        assert settings.attention_mode == "clearclip" and not settings.outlier_suppression
+        assert model.config.attention_mode == "gated" and model.config.outlier_top_k == 7
+        during = model(pixels, text_embeds=text, settings=settings).logits
         after = model(pixels, text_embeds=text).logits
         fresh = tiny_model("clearclip")(pixels, text_embeds=text).logits
-    assert torch.equal(before, after) and model.config.outlier_top_k == 7
+    assert torch.equal(before, after)
     torch.testing.assert_close(during, fresh)
     with pytest.raises(ValueError, match="unknown method knob"):
-        model.set_method(outlier_topk=3)
+        model.config.with_method(outlier_topk=3)
+    with pytest.raises(ValueError, match="outlier_top_k must be >= 0"):
+        model.set_method(outlier_top_k=-1)
+    assert model.config.outlier_top_k == 7  # a rejected change leaves everything as it was
+    model.set_method("sclip")
+    assert model.config.method == "sclip" and model.config.last_block_mlp
 
 
 # ---- save / load -----------------------------------------------------------------------------

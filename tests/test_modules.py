@@ -110,23 +110,43 @@ def test_gated_similarity_only_touches_patch_block():
     torch.testing.assert_close(got[:, :, 0], plain_logits.softmax(-1)[:, :, 0])
 
 
-@pytest.mark.parametrize("mode", ["vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "gated", "sfp"])
+@pytest.mark.parametrize("mode", ["vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "gated"])
 def test_attention_modes_match_loop(mode):
     q, k, v = qkv(3)
-    sim = modules.similarity_map(torch.randn(2, N, 7)) if mode == "sfp" else None
-    got = modules.attention_probs(mode, q, k, v, 0.45, GRID, sim)
-    expected = ref.attention_mode(mode, q, k, v, 0.45, GRID, sim)
+    sim = modules.similarity_map(torch.randn(2, N, 7)) if mode == "gated" else None
+    got = modules.attention_probs(mode, q, k, v, 0.45, GRID, sim, gaussian_std=1.7)
+    expected = ref.attention_mode(mode, q, k, v, 0.45, GRID, sim, std=1.7)
     torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
 
 
-def test_sfp_outliers_match_loop():
+@pytest.mark.parametrize("cls_scale", [1.0, 1.5])
+def test_sfp_outliers_match_loop(cls_scale):
     q, k, _ = qkv(5, heads=2)
     probs = modules.vanilla_attention(q * 3, k * 3, 0.45)  # sharp attention: some CLS > self candidates
-    indices, valid = modules.sfp_outliers(probs, top_k=4)
-    expected = ref.sfp_outliers(probs, 4)
+    indices, valid = modules.sfp_outliers(probs, top_k=4, cls_scale=cls_scale)
+    expected = ref.sfp_outliers(probs, 4, cls_scale)
     for b in range(2):
         assert indices[b][valid[b]].tolist() == expected[b]
     assert any(len(e) for e in expected)
+
+
+def test_sfp_cls_scale_adds_candidates():
+    # patch 1: CLS attends 0.3, itself 0.4: an outlier only once the CLS row is scaled by 1.5 (SFP's 5 * 0.3)
+    probs = torch.tensor([[[[0.2, 0.3, 0.5], [0.3, 0.4, 0.3], [0.1, 0.1, 0.8]]]])
+    assert not modules.sfp_outliers(probs, top_k=2, cls_scale=1.0)[1].any()
+    indices, valid = modules.sfp_outliers(probs, top_k=2, cls_scale=1.5)
+    assert indices[valid].tolist() == [0]  # patch index 0 = token 1
+
+
+def test_sfp_grid_positions_reproduce_the_row_count_split():
+    """SFP splits a flat index i into (i // rows, i % rows): the identity on a square grid, elsewhere a
+    different position, or none when it falls outside the grid (SFP's code raises there)."""
+    indices, valid = torch.tensor([[0, 5, 7, 11]]), torch.ones(1, 4, dtype=torch.bool)
+    positions, ok = modules.sfp_grid_positions(indices, valid, (4, 4))
+    assert positions.tolist() == [[0, 5, 7, 11]] and ok.all()
+    positions, ok = modules.sfp_grid_positions(indices, valid, (3, 4))  # 3 rows, 4 columns
+    # 5 -> (1, 2) -> 6; 7 -> (2, 1) -> 9; 11 -> (3, 2): row 3 is outside the grid
+    assert positions.tolist() == [[0, 6, 9, 0]] and ok.tolist() == [[True, True, True, False]]
 
 
 def test_neighbour_mean_matches_loop_and_masks_other_outliers():
@@ -141,14 +161,23 @@ def test_neighbour_mean_matches_loop_and_masks_other_outliers():
     torch.testing.assert_close(got[0, 0], patches[0, 4])
 
 
-def test_sfp_threshold_and_cls_row():
+def test_sfp_attention_matches_loop():
     q, k, _ = qkv(6)
-    sim = torch.eye(N).expand(2, N, N).clone()  # only self-similarity survives the 0.4 threshold
-    probs = modules.sfp_attention(q, k, sim, 0.45)
-    cls_row = torch.nn.functional.one_hot(torch.tensor(0), 1 + N).float()
-    torch.testing.assert_close(probs[:, :, 0], cls_row.expand(2, 3, -1))
-    assert torch.all(probs[:, :, 1:, 0] == 0)
-    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, 1 + N))
+    feats = torch.randn(2, N, 7)
+    sim = modules.thresholded_similarity(feats, 0.4)
+    expected_sim = torch.nn.functional.cosine_similarity(feats[:, :, None], feats[:, None], dim=-1)
+    torch.testing.assert_close(sim, expected_sim.masked_fill(expected_sim < 0.4, 0.0), rtol=1e-5, atol=1e-6)
+    probs = modules.sfp_attention(q[:, :, 1:], k[:, :, 1:], sim, 0.45)
+    expected = ref.sfp_attention(q[:, :, 1:], k[:, :, 1:], sim, 0.45)
+    torch.testing.assert_close(probs.double(), expected, rtol=1e-5, atol=1e-6)
+    torch.testing.assert_close(probs.sum(-1), torch.ones(2, 3, N))
+
+
+def test_similarity_aggregate_is_row_normalised_mix():
+    feats, sim = torch.randn(2, N, 5), torch.rand(2, N, N)
+    got = modules.similarity_aggregate(feats, sim)
+    weights = sim / (sim.sum(-1, keepdim=True) + 1e-6)
+    torch.testing.assert_close(got[1, 3], (weights[1, 3, :, None] * feats[1]).sum(0))
 
 
 def test_gaussian_prior_matches_loop():
@@ -159,15 +188,17 @@ def test_attention_probs_errors():
     q, k, v = qkv()
     with pytest.raises(ValueError, match="unknown attention mode 'bogus'; valid modes: gated, vanilla"):
         modules.attention_probs("bogus", q, k, v, 0.5, GRID)
-    with pytest.raises(ValueError, match="only used by attention_mode gated or sfp"):
+    with pytest.raises(ValueError, match="only used by attention_mode 'gated'"):
         modules.attention_probs("clearclip", q, k, v, 0.5, GRID, similarity=torch.zeros(2, N, N))
 
 
+@pytest.mark.parametrize("normalize_cls", [False, True])
 @pytest.mark.parametrize("mode", ["similarity", "uniform"])
-def test_global_debias_matches_loop(mode):
-    patches, cls = torch.randn(2, N, 8), torch.randn(2, 8)
-    got = modules.global_debias(patches, cls, 0.2, mode)
-    torch.testing.assert_close(got.double(), ref.global_debias(patches, cls, 0.2, mode), rtol=1e-5, atol=1e-6)
+def test_global_debias_matches_loop(mode, normalize_cls):
+    patches, cls = torch.randn(2, N, 8), torch.randn(2, 8) * 3
+    got = modules.global_debias(patches, cls, 0.2, mode, normalize_cls)
+    expected = ref.global_debias(patches, cls, 0.2, mode, normalize_cls)
+    torch.testing.assert_close(got.double(), expected, rtol=1e-5, atol=1e-6)
 
 
 def test_global_debias_off_and_errors():

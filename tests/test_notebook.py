@@ -11,9 +11,9 @@ from nbclient import NotebookClient
 NOTEBOOK = Path(__file__).resolve().parents[1] / "notebooks" / "quickstart.ipynb"
 
 
-def test_quickstart_notebook_runs(tiny_folder, shared_data, monkeypatch):
+def test_quickstart_notebook_runs(tiny_folder, fixtures, monkeypatch):
     monkeypatch.setenv("HF_OVSEG_MODEL", str(tiny_folder))
-    monkeypatch.setenv("HF_OVSEG_IMAGE", str(shared_data / "voc" / "JPEGImages" / "2007_000033.jpg"))
+    monkeypatch.setenv("HF_OVSEG_IMAGE", str(fixtures / "voc" / "JPEGImages" / "2007_000033.jpg"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     notebook = nbformat.read(NOTEBOOK, as_version=4)
     NotebookClient(

@@ -25,8 +25,8 @@ def pipe():
     return tiny_pipeline()
 
 
-def test_outputs_on_real_photos(pipe, shared_data):
-    photos = sorted((shared_data / "voc" / "JPEGImages").glob("*.jpg"))
+def test_outputs_on_real_photos(pipe, fixtures):
+    photos = sorted((fixtures / "voc" / "JPEGImages").glob("*.jpg"))
     results = pipe([str(p) for p in photos], candidate_labels=LABELS, **FAST)
     assert isinstance(results, list) and len(results) == len(photos)
     for path, segments in zip(photos, results, strict=True):
@@ -43,8 +43,8 @@ def test_outputs_on_real_photos(pipe, shared_data):
         assert (union == 1).all()  # the masks partition the image
 
 
-def test_label_map_probabilities_and_pixel_scores(pipe, shared_data):
-    image = Image.open(shared_data / "arc2017" / "image.jpg")
+def test_label_map_probabilities_and_pixel_scores(pipe, fixtures):
+    image = Image.open(fixtures / "arc2017" / "image.jpg")
     labels = ["fiskars_scissors", "mouse_traps", "tennis_ball_container"]
     out = pipe(image, candidate_labels=labels, return_probabilities=True, **FAST)
     label_map, probs = out["label_map"], out["probabilities"]
@@ -56,9 +56,9 @@ def test_label_map_probabilities_and_pixel_scores(pipe, shared_data):
         assert segment["score"] == pytest.approx(probs[index][label_map == index].mean(), rel=1e-4)
 
 
-def test_pipeline_matches_manual_protocol(pipe, shared_data):
+def test_pipeline_matches_manual_protocol(pipe, fixtures):
     """Resize, slide, stitch, resize back, softmax and argmax done by hand give the same label map."""
-    photo = Image.open(shared_data / "voc" / "JPEGImages" / "2011_000025.jpg").convert("RGB")
+    photo = Image.open(fixtures / "voc" / "JPEGImages" / "2011_000025.jpg").convert("RGB")
     labels = parse_labels(LABELS)
     model, processor = pipe.model, pipe.processor
     with torch.no_grad():
@@ -106,12 +106,12 @@ def test_text_cache_hit_between_calls():
     image = np.zeros((32, 32, 3), np.uint8)
     pipe(image, candidate_labels=["a", "b"], **FAST)
     pipe(image, candidate_labels=["a", "b"], **FAST)
-    assert (pipe.processor.text_cache_misses, pipe.processor.text_cache_hits) == (1, 1)
+    assert (pipe.processor.text_cache.misses, pipe.processor.text_cache.hits) == (1, 1)
 
 
-def test_per_call_method_override_without_reload(shared_data):
+def test_per_call_method_override_without_reload(fixtures):
     pipe = tiny_pipeline("seed", outlier_top_k=4)
-    photo = str(shared_data / "voc" / "JPEGImages" / "2011_000003.jpg")
+    photo = str(fixtures / "voc" / "JPEGImages" / "2011_000003.jpg")
     overridden = pipe(photo, candidate_labels=LABELS, method="clearclip", return_probabilities=True, **FAST)
     assert pipe.model.config.method == "seed" and pipe.model.config.outlier_top_k == 4
     fresh = tiny_pipeline("clearclip")(photo, candidate_labels=LABELS, return_probabilities=True, **FAST)
@@ -173,8 +173,8 @@ REMOTE = textwrap.dedent(
 )
 
 
-def test_remote_code_pipeline_in_clean_process(tiny_folder, tmp_path, shared_data):
-    photo = shared_data / "voc" / "JPEGImages" / "2007_000033.jpg"
+def test_remote_code_pipeline_in_clean_process(tiny_folder, tmp_path, fixtures):
+    photo = fixtures / "voc" / "JPEGImages" / "2007_000033.jpg"
     run_clean_process(REMOTE, [str(tiny_folder), str(photo), str(tmp_path / "map.npy")], tmp_path)
     local = ZeroShotImageSegmentationPipeline(model=tiny_model(), processor=tiny_pipeline().processor, task=TASK)
     expected = local(str(photo), candidate_labels=["aeroplane", "sky,clouds", "grass"], return_label_map=True, **FAST)

@@ -40,7 +40,7 @@ def test_templates_are_the_80_openai_ones():
     assert len(OPENAI_IMAGENET_TEMPLATES) == 80 == len(set(OPENAI_IMAGENET_TEMPLATES))
     assert all(t.count("{}") == 1 for t in OPENAI_IMAGENET_TEMPLATES)
     assert "a photo of a {}." in OPENAI_IMAGENET_TEMPLATES
-    with pytest.raises(ValueError, match="must contain"):
+    with pytest.raises(ValueError, match="every prompt template needs exactly one .{}."):
         tiny_processor(["no placeholder"])
 
 
@@ -65,8 +65,8 @@ def test_load_image_modes_become_rgb(mode, array):
     assert np.asarray(image)[0, 0].tolist() == [100, 100, 100]
 
 
-def test_load_palette_and_numpy_and_files(tmp_path, shared_data):
-    mask = shared_data / "voc" / "SegmentationClass" / "2007_000033.png"
+def test_load_palette_and_numpy_and_files(tmp_path, fixtures):
+    mask = fixtures / "voc" / "SegmentationClass" / "2007_000033.png"
     palette = Image.open(mask)
     assert palette.mode == "P"
     rgb = load_image(mask)
@@ -120,6 +120,6 @@ def test_text_embeddings_are_normalised_template_means_and_cached():
         torch.testing.assert_close(got[row], F.normalize(per_template.mean(0), dim=-1), rtol=1e-5, atol=1e-6)
     encoded = len(calls)
     again = processor.text_embeddings(model, parse_labels(["cat", "sky,clouds"]))
-    assert len(calls) == encoded and processor.text_cache_hits == 1 and torch.equal(again, got)
+    assert len(calls) == encoded and processor.text_cache.hits == 1 and torch.equal(again, got)
     processor.text_embeddings(model, parse_labels(["cat"]))
-    assert len(calls) > encoded and processor.text_cache_misses == 2
+    assert len(calls) > encoded and processor.text_cache.misses == 2

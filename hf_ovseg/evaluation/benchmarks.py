@@ -8,6 +8,7 @@ to class ids (255 = ignore), and the class-name list with the synonyms the train
 
 from __future__ import annotations
 
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -17,6 +18,7 @@ from PIL import Image
 
 IGNORE_INDEX = 255
 CLASSES_DIR = Path(__file__).resolve().parent / "classes"
+SPLITS_DIR = Path(__file__).resolve().parent / "splits"
 
 VOC_NAMES = (
     "background",
@@ -41,6 +43,18 @@ VOC_NAMES = (
     "train",
     "tvmonitor",
 )
+
+#: COCO-Object's class names (wangf3014/SCLIP@b56bd30:custom_datasets.py:51-59): background + 80 things.
+COCO_OBJECT_NAMES = (
+    "background", "person", "bicycle", "car", "motorcycle", "airplane", "bus", "train", "truck", "boat",
+    "traffic light", "fire hydrant", "stop sign", "parking meter", "bench", "bird", "cat", "dog", "horse", "sheep",
+    "cow", "elephant", "bear", "zebra", "giraffe", "backpack", "umbrella", "handbag", "tie", "suitcase", "frisbee",
+    "skis", "snowboard", "sports ball", "kite", "baseball bat", "baseball glove", "skateboard", "surfboard",
+    "tennis racket", "bottle", "wine glass", "cup", "fork", "knife", "spoon", "bowl", "banana", "apple", "sandwich",
+    "orange", "broccoli", "carrot", "hot dog", "pizza", "donut", "cake", "chair", "couch", "potted plant", "bed",
+    "dining table", "toilet", "tv", "laptop", "mouse", "remote", "keyboard", "cell phone", "microwave", "oven",
+    "toaster", "sink", "refrigerator", "book", "clock", "vase", "scissors", "teddy bear", "hair drier", "toothbrush",
+)  # fmt: skip
 
 #: Cityscapes labelIds -> the 19 train ids (everything else ignored).
 CITYSCAPES_TRAIN_IDS = {
@@ -89,10 +103,11 @@ class DatasetSpec:
     """Where a benchmark's files are and how to read them.
 
     images/masks: folders under the data root; ``*_suffix`` join a sample id to its file name.
-    split_file: optional list of ids (one per line) under the data root; otherwise every image is used.
-    recursive: look for images in subfolders too (Cityscapes' per-city folders).
+    split_file: optional list of ids (one per line) under the data root (or shipped in this package,
+        ``packaged_split``); otherwise every image is used, recursively, sorted.
     mask_mapping: "identity", "reduce_zero_label" or "cityscapes" (labelIds -> train ids).
     background_index: the class that thresholded pixels fall to, if the dataset has one.
+    classes: the default class-name file (``<anchor>/<file>`` under ``classes/``); a protocol may use another.
     """
 
     name: str
@@ -101,9 +116,10 @@ class DatasetSpec:
     image_suffix: str
     mask_suffix: str
     num_classes: int
+    classes: str
     mask_mapping: str = "identity"
     split_file: str | None = None
-    recursive: bool = False
+    packaged_split: bool = False
     background_index: int | None = None
     display_names: tuple[str, ...] | None = None
     domain: str = "natural"
@@ -116,9 +132,8 @@ class DatasetSpec:
 
     @property
     def prompts(self) -> list[str]:
-        """One line per class: the names to embed (synonyms comma-separated)."""
-        lines = (CLASSES_DIR / f"{self.name}.txt").read_text(encoding="utf-8").splitlines()
-        return [line.strip() for line in lines if line.strip()]
+        """One line per class of the default class file: the names to embed (synonyms comma-separated)."""
+        return read_class_file(self.classes)
 
     @property
     def class_names(self) -> list[str]:
@@ -128,194 +143,154 @@ class DatasetSpec:
         return [line.split(",")[0].strip() for line in self.prompts]
 
 
+def read_class_file(relative: str) -> list[str]:
+    """The lines of a shipped class file (``<anchor>/cls_<name>.txt``, byte-identical to the anchor's): one
+    class per line, synonyms separated by commas. The anchors read every line (``readlines``), so an empty
+    line would be a class; none of the shipped files has one, and an empty line is an error here."""
+    path = CLASSES_DIR / relative
+    lines = path.read_text(encoding="utf-8").splitlines()
+    if any(not line.strip() for line in lines):
+        raise ValueError(f"{path} has an empty line; every line must name a class")
+    return [line.strip() for line in lines]
+
+
+def _natural(name, images, masks, image_suffix, mask_suffix, num_classes, classes, **kw) -> DatasetSpec:
+    return DatasetSpec(name, images, masks, image_suffix, mask_suffix, num_classes, f"sclip/{classes}", **kw)
+
+
+def _remote(name, images, masks, image_suffix, mask_suffix, num_classes, classes, **kw) -> DatasetSpec:
+    return DatasetSpec(
+        name, images, masks, image_suffix, mask_suffix, num_classes, f"segearth/{classes}", domain="remote sensing",
+        **kw,
+    )  # fmt: skip
+
+
+#: The benchmarks. Natural images default to SCLIP's class files, remote sensing to SegEarth-OV's; layouts
+#: follow the anchors' configs (``data_prefix``, suffixes from their dataset classes). The data root is the
+#: folder that holds the paths below (for SegEarth-OV's ``data/<Name>/...`` prefixes: ``data/<Name>``).
 DATASETS: dict[str, DatasetSpec] = {
     spec.name: spec
     for spec in [
-        DatasetSpec(
-            "voc21",
-            "JPEGImages",
-            "SegmentationClass",
-            ".jpg",
-            ".png",
-            21,
-            split_file="ImageSets/Segmentation/val.txt",
-            background_index=0,
-            display_names=VOC_NAMES,
-            notes="VOC2012 val; class 0 = background, prompted with 26 stuff words",
+        _natural(
+            "voc21", "JPEGImages", "SegmentationClass", ".jpg", ".png", 21, "cls_voc21.txt",
+            split_file="ImageSets/Segmentation/val.txt", background_index=0, display_names=VOC_NAMES,
+            notes="VOC2012 val; class 0 = background, prompted with stuff words",
         ),
-        DatasetSpec(
-            "voc20",
-            "JPEGImages",
-            "SegmentationClass",
-            ".jpg",
-            ".png",
-            20,
-            "reduce_zero_label",
-            split_file="ImageSets/Segmentation/val.txt",
-            display_names=VOC_NAMES[1:],
-            notes="VOC2012 val without background (background ignored)",
+        _natural(
+            "voc20", "JPEGImages", "SegmentationClass", ".jpg", ".png", 20, "cls_voc20.txt",
+            mask_mapping="reduce_zero_label", split_file="ImageSets/Segmentation/val.txt",
+            display_names=VOC_NAMES[1:], notes="VOC2012 val without background (background ignored)",
         ),
-        DatasetSpec(
-            "context60",
-            "JPEGImages",
-            "SegmentationClassContext",
-            ".jpg",
-            ".png",
-            60,
-            split_file="ImageSets/SegmentationContext/val.txt",
-            background_index=0,
+        _natural(
+            "context60", "JPEGImages", "SegmentationClassContext", ".jpg", ".png", 60, "cls_context60.txt",
+            split_file="ImageSets/SegmentationContext/val.txt", background_index=0,
             notes="PASCAL Context (VOC2010) val, 59 classes + background",
         ),
-        DatasetSpec(
-            "context59",
-            "JPEGImages",
-            "SegmentationClassContext",
-            ".jpg",
-            ".png",
-            59,
-            "reduce_zero_label",
-            split_file="ImageSets/SegmentationContext/val.txt",
+        _natural(
+            "context59", "JPEGImages", "SegmentationClassContext", ".jpg", ".png", 59, "cls_context59.txt",
+            mask_mapping="reduce_zero_label", split_file="ImageSets/SegmentationContext/val.txt",
             notes="PASCAL Context val, background ignored",
         ),
-        DatasetSpec(
-            "coco_object",
-            "images/val2017",
-            "annotations/val2017",
-            ".jpg",
-            "_instanceTrainIds.png",
-            81,
-            background_index=0,
+        _natural(
+            "coco_object", "images/val2017", "annotations/val2017", ".jpg", "_instanceTrainIds.png", 81,
+            "cls_coco_object.txt", background_index=0, display_names=COCO_OBJECT_NAMES,
             notes="COCO val2017, 80 things + background",
         ),
-        DatasetSpec(
-            "coco_stuff164k",
-            "images/val2017",
-            "annotations/val2017",
-            ".jpg",
-            "_labelTrainIds.png",
-            171,
-            notes="COCO-Stuff 164k val2017, 171 classes",
+        _natural(
+            "coco_stuff164k", "images/val2017", "annotations/val2017", ".jpg", "_labelTrainIds.png", 171,
+            "cls_coco_stuff.txt", notes="COCO-Stuff 164k val2017, 171 classes",
         ),
-        DatasetSpec(
-            "cityscapes",
-            "leftImg8bit/val",
-            "gtFine/val",
-            "_leftImg8bit.png",
-            "_gtFine_labelIds.png",
-            19,
-            "cityscapes",
-            recursive=True,
+        _natural(
+            "cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png", "_gtFine_labelIds.png", 19,
+            "cls_city_scapes.txt", mask_mapping="cityscapes",
             notes="Cityscapes val, labelIds mapped to the 19 train ids",
         ),
-        DatasetSpec(
-            "ade20k",
-            "images/validation",
-            "annotations/validation",
-            ".jpg",
-            ".png",
-            150,
-            "reduce_zero_label",
-            notes="ADEChallengeData2016 val, 0 = other (ignored)",
+        _natural(
+            "ade20k", "images/validation", "annotations/validation", ".jpg", ".png", 150, "cls_ade20k.txt",
+            mask_mapping="reduce_zero_label", notes="ADEChallengeData2016 val, 0 = other (ignored)",
         ),
-        DatasetSpec(
-            "openearthmap",
-            "img_dir/val",
-            "ann_dir/val",
-            ".tif",
-            ".tif",
-            9,
-            background_index=0,
-            domain="remote sensing",
-            notes="OpenEarthMap val (SegEarth-OV layout)",
+        _remote(
+            "openearthmap", "img_dir/val", "ann_dir/val", ".tif", ".tif", 9, "cls_openearthmap.txt",
+            background_index=0, notes="OpenEarthMap val (SegEarth-OV layout)",
         ),
-        DatasetSpec(
-            "loveda",
-            "img_dir/val",
-            "ann_dir/val",
-            ".png",
-            ".png",
-            7,
-            "reduce_zero_label",
-            background_index=0,
-            domain="remote sensing",
-            notes="LoveDA val; 0 = no data (ignored)",
+        _remote(
+            "loveda", "img_dir/val", "ann_dir/val", ".png", ".png", 7, "cls_loveda.txt",
+            mask_mapping="reduce_zero_label", background_index=0, notes="LoveDA val; 0 = no data (ignored)",
         ),
-        DatasetSpec(
-            "isaid",
-            "img_dir/val",
-            "ann_dir/val",
-            ".png",
-            "_instance_color_RGB.png",
-            16,
-            background_index=0,
-            domain="remote sensing",
-            notes="iSAID val patches (mmseg converter)",
+        _remote(
+            "isaid", "img_dir/val", "ann_dir/val", ".png", "_instance_color_RGB.png", 16, "cls_iSAID.txt",
+            background_index=0, notes="iSAID val patches (mmseg converter)",
         ),
-        DatasetSpec(
-            "potsdam",
-            "img_dir/val",
-            "ann_dir/val",
-            ".png",
-            ".png",
-            6,
-            "reduce_zero_label",
-            background_index=5,
-            domain="remote sensing",
-            notes="ISPRS Potsdam (mmseg converter)",
+        _remote(
+            "potsdam", "img_dir/val", "ann_dir/val", ".png", ".png", 6, "cls_potsdam.txt",
+            mask_mapping="reduce_zero_label", background_index=5, notes="ISPRS Potsdam (mmseg converter)",
         ),
-        DatasetSpec(
-            "vaihingen",
-            "img_dir/val",
-            "ann_dir/val",
-            ".png",
-            ".png",
-            6,
-            "reduce_zero_label",
-            background_index=5,
-            domain="remote sensing",
-            notes="ISPRS Vaihingen (mmseg converter)",
+        _remote(
+            "vaihingen", "img_dir/val", "ann_dir/val", ".png", ".png", 6, "cls_vaihingen.txt",
+            mask_mapping="reduce_zero_label", background_index=5, notes="ISPRS Vaihingen (mmseg converter)",
         ),
-        DatasetSpec(
-            "uavid",
-            "img_dir/test",
-            "ann_dir/test",
-            ".png",
-            ".png",
-            7,
-            background_index=0,
-            domain="remote sensing",
+        _remote(
+            "uavid", "img_dir/test", "ann_dir/test", ".png", ".png", 7, "cls_uavid.txt", background_index=0,
             notes="UAVid (SegEarth-OV layout)",
         ),
-        DatasetSpec(
-            "udd5",
-            "val/src",
-            "val/gt",
-            ".JPG",
-            ".png",
-            5,
-            background_index=4,
-            domain="remote sensing",
+        _remote(
+            "udd5", "val/src", "val/gt", ".JPG", ".png", 5, "cls_udd5.txt", background_index=4,
             notes="UDD5 val (data root: the UDD5 folder)",
         ),
-        DatasetSpec(
-            "vdd",
-            "test/src",
-            "test/gt",
-            ".JPG",
-            ".png",
-            7,
-            background_index=0,
-            domain="remote sensing",
+        _remote(
+            "vdd", "test/src", "test/gt", ".JPG", ".png", 7, "cls_vdd.txt", background_index=0,
             notes="VDD test (data root: the VDD folder)",
         ),
+        # Building, road and water extraction (SegEarth-OV configs/cfg_*.py, labels converted to 0/1 by its
+        # tools/dataset_converters, suffixes from custom_datasets.py).
+        _remote(
+            "inria", "AerialImageDataset/train/img_dir/split_test", "AerialImageDataset/train/ann_dir/split_test",
+            ".png", ".png", 2, "cls_inria.txt", background_index=0, notes="Inria aerial (data root: data/Inria)",
+        ),
+        _remote(
+            "whu_aerial", "val/image", "val/label_cvt", ".png", ".png", 2, "cls_whu.txt", background_index=0,
+            notes="WHU building, aerial (data root: data/WHU-BD)",
+        ),
+        _remote(
+            "whu_sat_ii", "Satellite_dataset_\u2161_East_Asia/1.cropped/test/image",
+            "Satellite_dataset_\u2161_East_Asia/1.cropped/test/label_cvt", ".tif", ".tif", 2, "cls_whu.txt",
+            background_index=0, notes="WHU building, satellite II (data root: data/WHU_Sat_II)",
+        ),
+        _remote(
+            "xbd", "test/images_pre", "test/targets_cvt_pre", ".png", ".png", 2, "cls_xBD.txt", background_index=0,
+            notes="xBD pre-disaster buildings (data root: data/xBD)",
+        ),
+        _remote(
+            "wbs_si", "WaterBodiesDatasetPreprocessed/WaterBodiesDatasetPreprocessed/Images",
+            "WaterBodiesDatasetPreprocessed/WaterBodiesDatasetPreprocessed/Masks_cvt", ".jpg", ".jpg", 2,
+            "cls_wbs-si.txt", split_file="wbs-si_val.txt", packaged_split=True, background_index=0,
+            notes="Water bodies in satellite images (data root: data/water-body-segmentation-in-satellite-images)",
+        ),
+        _remote(
+            "deepglobe_road", "DeepGlobe_test_1530/image_cvt", "DeepGlobe_test_1530/label_cvt", ".jpg", ".png", 2,
+            "cls_roadval.txt", background_index=0, notes="DeepGlobe roads (data root: data/GlobalRoadSet_Val)",
+        ),
+        _remote(
+            "chn6_cug", "val/image_cvt", "val/label_cvt", ".jpg", ".png", 2, "cls_chn6-cug.txt", background_index=0,
+            notes="CHN6-CUG roads (data root: data/CHN6-CUG)",
+        ),
+        _remote(
+            "massachusetts_road", "Massachusetts_test_49/img", "Massachusetts_test_49/label_cvt", ".jpg", ".png", 2,
+            "cls_roadval.txt", background_index=0, notes="Massachusetts roads (data root: data/GlobalRoadSet_Val)",
+        ),
+        _remote(
+            "spacenet_road", "SpaceNet_test_567/img", "SpaceNet_test_567/label_cvt", ".jpg", ".png", 2,
+            "cls_roadval.txt", background_index=0, notes="SpaceNet roads (data root: data/GlobalRoadSet_Val)",
+        ),
     ]
-}
+}  # fmt: skip
 
 
 @dataclass
 class BenchmarkDataset:
-    """A loaded benchmark: ``dataset`` yields ``{"image": PIL RGB, "mask": np.uint8 [H, W], "id": str}``
-    lazily (files are read when an item is accessed); ``spec`` says how to prompt and score it."""
+    """A loaded benchmark. ``dataset`` is a lazy ``datasets.Dataset`` of ``{"image": PIL RGB, "mask": np.uint8
+    [H, W], "id": str}`` (files are read when an item is accessed); ``spec`` says how to prompt and score it.
+    The wrapper itself indexes, iterates and has a length like the dataset: ``bench[0]["mask"]``."""
 
     spec: DatasetSpec
     dataset: Any
@@ -324,31 +299,43 @@ class BenchmarkDataset:
     def __len__(self) -> int:
         return len(self.dataset)
 
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        return self.dataset[index]
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return iter(self.dataset)
+
+
+def _split_path(spec: DatasetSpec, root: Path) -> Path | None:
+    if spec.split_file is None:
+        return None
+    return SPLITS_DIR / spec.split_file if spec.packaged_split else root / spec.split_file
+
 
 def _layout_error(spec: DatasetSpec, root: Path, problem: str) -> ValueError:
     expected = [f"{root}/{spec.images}/*{spec.image_suffix}", f"{root}/{spec.masks}/*{spec.mask_suffix}"]
-    if spec.split_file:
+    if spec.split_file and not spec.packaged_split:
         expected.append(f"{root}/{spec.split_file}")
     return ValueError(f"{spec.name}: {problem}; expected the layout " + ", ".join(expected))
 
 
 def sample_files(spec: DatasetSpec, root: str | Path) -> list[tuple[str, Path, Path]]:
-    """``(id, image, mask)`` for every sample of ``spec`` under ``root``, checking the layout."""
+    """``(id, image, mask)`` for every sample of ``spec`` under ``root``, checking the layout. Without a split
+    file, every image under the image folder (recursively, sorted), as mmseg's ``BaseSegDataset`` lists them."""
     root = Path(root)
     images, masks = root / spec.images, root / spec.masks
     for folder in (images, masks):
         if not folder.is_dir():
             raise _layout_error(spec, root, f"folder {folder} not found")
-    if spec.split_file:
-        split = root / spec.split_file
+    split = _split_path(spec, root)
+    if split is not None:
         if not split.is_file():
             raise _layout_error(spec, root, f"split file {split} not found")
         ids = [line.strip() for line in split.read_text().splitlines() if line.strip()]
         pairs = [(i, images / f"{i}{spec.image_suffix}", masks / f"{i}{spec.mask_suffix}") for i in ids]
     else:
-        pattern = f"**/*{spec.image_suffix}" if spec.recursive else f"*{spec.image_suffix}"
         pairs = []
-        for image in sorted(images.glob(pattern)):
+        for image in sorted(images.glob(f"**/*{spec.image_suffix}")):
             relative = image.relative_to(images).as_posix()[: -len(spec.image_suffix)]
             pairs.append((relative, image, masks / f"{relative}{spec.mask_suffix}"))
     if not pairs:
@@ -374,11 +361,14 @@ def read_mask(path: str | Path, spec: DatasetSpec) -> np.ndarray:
 
 
 def load_benchmark(name: str, data_root: str | Path, limit: int | None = None) -> BenchmarkDataset:
-    """A benchmark as a lazy ``datasets.Dataset`` of ``{"image", "mask", "id"}``; see [`DatasetSpec`]."""
+    """A benchmark: a [`BenchmarkDataset`] around a lazy ``datasets.Dataset`` of ``{"image", "mask", "id"}``
+    (``bench[0]``, ``len(bench)``, ``bench.dataset`` for the ``datasets`` API); see [`DatasetSpec`]."""
     import datasets
 
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
+    if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
+        raise ValueError(f"limit must be a positive number of images, got {limit!r}")
     spec = DATASETS[name]
     pairs = sample_files(spec, data_root)
     if limit is not None:

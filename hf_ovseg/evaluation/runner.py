@@ -41,27 +41,14 @@ class EvaluationResult:
         return asdict(self)
 
 
-def pipeline_arguments(bench: BenchmarkDataset, protocol: dict[str, Any]) -> dict[str, Any]:
-    """Pipeline call arguments for a benchmark: its prompts and the protocol, with thresholded pixels
-    falling to the dataset's background class."""
-    spec = bench.spec
-    keys = ("short_side", "crop_size", "stride", "batch_size", "dense_logit_scale")
-    kwargs = {k: v for k, v in protocol.items() if k in keys}
-    threshold = protocol.get("background_threshold", 0.0) or 0.0
-    if threshold > 0:
-        if spec.background_index is None:
-            raise ValueError(f"{spec.name} has no background class, so --background-threshold cannot be used")
-        kwargs["background_threshold"] = threshold
-        kwargs["background_label"] = parse_labels(spec.prompts).labels[spec.background_index]
-    return kwargs
-
-
 def evaluate_methods(
     pipe: Any,
     bench: BenchmarkDataset,
     methods: list[str],
-    protocol: dict[str, Any],
+    call_arguments: dict[str, Any],
     model_name: str,
+    prompts: list[str] | None = None,
+    record: dict[str, Any] | None = None,
     process_index: int = 0,
     num_processes: int = 1,
     reduce: Callable[[np.ndarray], np.ndarray] | None = None,
@@ -71,29 +58,43 @@ def evaluate_methods(
 
     Args:
         pipe: a ``zero-shot-image-segmentation`` pipeline (weights are loaded once, reused by all methods).
-        protocol: short_side, crop_size, stride, batch_size, background_threshold, optionally dense_logit_scale
-            (a method knob applied to every method) and descriptive entries (name, source) that are recorded.
+        call_arguments: pipeline call arguments (resize, window, thresholds, refine, method knobs); a
+            ``background_threshold`` > 0 needs ``background_index`` (the class thresholded pixels go to).
+            Knobs other than ``dense_logit_scale`` apply only to the method given as ``call_arguments["method"]``
+            (a protocol's preset), so an ablation over several methods keeps each preset's own values.
+        prompts: the class lines (synonyms comma-separated); default the dataset's class file.
+        record: descriptive entries (protocol name, source, config) stored with the result.
         process_index, num_processes: this process takes images ``process_index::num_processes``.
         reduce: sums a confusion matrix over processes (identity on one process).
     """
     from tqdm.auto import tqdm
 
-    spec, prompts = bench.spec, bench.spec.prompts
+    from ..configuration_ovseg import METHOD_KNOBS
+
+    spec = bench.spec
+    prompts = spec.prompts if prompts is None else prompts
     if len(prompts) != spec.num_classes:
         raise ValueError(f"{spec.name}: {len(prompts)} class lines for {spec.num_classes} classes")
-    kwargs = pipeline_arguments(bench, protocol)
+    labels = parse_labels(prompts, strict=False)  # the anchors' files may share a name between classes
+    arguments = dict(call_arguments)
+    protocol_method = arguments.pop("method", None)
+    background_index = arguments.pop("background_index", spec.background_index)
+    knobs = {k: arguments.pop(k) for k in METHOD_KNOBS if k in arguments}
+    if (arguments.get("background_threshold") or 0) > 0:
+        if background_index is None:
+            raise ValueError(f"{spec.name} has no background class, so a background threshold cannot be used")
+        arguments["background_label"] = labels.labels[background_index]
     indices = range(process_index, len(bench), num_processes)
     results = []
     for method in methods:
+        own = knobs if method == protocol_method else {k: v for k, v in knobs.items() if k == "dense_logit_scale"}
+        settings = pipe.model.config.with_method(method, **own)
         matrix = np.zeros((spec.num_classes, spec.num_classes + 1), dtype=np.int64)
-        overrides = {k: v for k, v in kwargs.items() if k == "dense_logit_scale"}
-        with pipe.model.method_override(method=method, **overrides):
-            knobs = pipe.model.config.method_knobs()
         start = time.perf_counter()
         bar = tqdm(indices, desc=f"{spec.name} {method}", unit="img", disable=not progress, dynamic_ncols=True)
         for index in bar:
-            item = bench.dataset[index]
-            out = pipe(item["image"], candidate_labels=prompts, method=method, return_label_map=True, **kwargs)
+            item = bench[index]
+            out = pipe(item["image"], candidate_labels=labels, method=method, return_label_map=True, **own, **arguments)
             matrix += confusion_matrix(out["label_map"], item["mask"], spec.num_classes)
             bar.set_postfix(mIoU=f"{100 * metrics_from_confusion(matrix)['mean_iou']:.1f}")
         seconds = time.perf_counter() - start
@@ -105,13 +106,8 @@ def evaluate_methods(
                 dataset=spec.name,
                 model=model_name,
                 method=method,
-                knobs=knobs,
-                protocol={
-                    **protocol,
-                    **kwargs,
-                    "dense_logit_scale": knobs["dense_logit_scale"],
-                    "classes": spec.prompts,
-                },
+                knobs=settings.method_knobs(),
+                protocol={**(record or {}), **arguments, "background_index": background_index, "classes": prompts},
                 per_class_iou={
                     n: _percent(v) for n, v in zip(spec.class_names, scores["per_category_iou"], strict=True)
                 },

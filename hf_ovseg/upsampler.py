@@ -1,0 +1,126 @@
+"""SimFeatUp: SegEarth-OV's learned joint-bilateral feature upsampler (JBU), as plain ``nn.Module`` s.
+
+Source: likyoo/SegEarth-OV@3e22a96:simfeatup_dev/upsamplers.py (``JBULearnedRange`` 202-275, ``JBUStack``
+278-301, ``JBUOne`` 304-325). The modules and parameter names are the official ones, so a SegEarth-OV
+checkpoint (a Lightning ``state_dict`` whose keys start with ``upsampler.``) loads with no missing or
+unexpected keys once that prefix is stripped (segearth_segmentor.py:158-160 strips it the same way).
+
+The official code runs the adaptive convolution with FeatUp's CUDA kernel (``AdaptiveConv``) and builds the
+range kernel with ``nn.Unfold``, which holds a [C, k², H, W] tensor (12 GB for a 224x224 crop of 512
+channels). Here both are the same sums, accumulated one kernel offset at a time, so memory stays at a few
+[C, H, W] tensors and the result equals the official formula (tested against an unfold re-implementation).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+
+def adaptive_conv(source: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
+    """Per-pixel filtering: ``out[b, c, y, x] = sum_{i, j} source[b, c, y + i, x + j] * filters[b, i*k + j, y, x]``.
+
+    Args:
+        source: [B, C, H + k - 1, W + k - 1] (already padded).
+        filters: [B, k², H, W].
+    Returns:
+        [B, C, H, W].
+    """
+    batch, taps, height, width = filters.shape
+    size = round(taps**0.5)
+    out = source.new_zeros(batch, source.shape[1], height, width)
+    for tap in range(taps):
+        i, j = divmod(tap, size)
+        out += source[:, :, i : i + height, j : j + width] * filters[:, tap : tap + 1]
+    return out
+
+
+class JBULearnedRange(nn.Module):
+    """One JBU step (upsamplers.py:202-275): features upsampled bicubically to the guidance size, then
+    filtered per pixel by a spatial Gaussian times a learned range kernel of the guidance, plus a learned fixup."""
+
+    def __init__(self, guidance_dim: int, feat_dim: int, key_dim: int, scale: int = 2, radius: int = 3) -> None:
+        super().__init__()
+        self.scale = scale
+        self.radius = radius
+        self.diameter = radius * 2 + 1
+        self.guidance_dim = guidance_dim
+        self.key_dim = key_dim
+        self.feat_dim = feat_dim
+        taps = self.diameter**2
+        self.range_temp = nn.Parameter(torch.tensor(0.0))
+        self.range_proj = nn.Sequential(
+            nn.Conv2d(guidance_dim, key_dim, 1, 1), nn.GELU(), nn.Dropout2d(0.1), nn.Conv2d(key_dim, key_dim, 1, 1)
+        )
+        self.fixup_proj = nn.Sequential(
+            nn.Conv2d(guidance_dim + taps, taps, 1, 1), nn.GELU(), nn.Dropout2d(0.1), nn.Conv2d(taps, taps, 1, 1)
+        )
+        self.sigma_spatial = nn.Parameter(torch.tensor(1.0))
+
+    def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
+        """softmax over the k² taps of ``temp * <proj(g)[y+i, x+j], proj(g)[y, x]>`` (reflect-padded):
+        [B, 3, H, W] -> [B, k², H, W] (upsamplers.py:230-238)."""
+        projected = self.range_proj(guidance)
+        height, width = projected.shape[-2:]
+        padded = F.pad(projected, [self.radius] * 4, mode="reflect")
+        logits = torch.stack(
+            [
+                (padded[:, :, i : i + height, j : j + width] * projected).sum(1)
+                for i in range(self.diameter)
+                for j in range(self.diameter)
+            ],
+            dim=1,
+        )
+        temperature = self.range_temp.exp().clamp_min(1e-4).clamp_max(1e4)
+        return F.softmax(temperature * logits, dim=1)
+
+    def spatial_kernel(self, device: torch.device) -> torch.Tensor:
+        """[1, k², 1, 1] Gaussian of the tap offsets on a [-1, 1] grid (upsamplers.py:240-251)."""
+        offsets = torch.linspace(-1, 1, self.diameter, device=device)
+        rows, cols = torch.meshgrid(offsets, offsets, indexing="ij")
+        distance = rows.square() + cols.square()
+        return torch.exp(-distance / (2 * self.sigma_spatial**2)).reshape(1, self.diameter**2, 1, 1)
+
+    def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """source [B, C, h, w], guidance [B, 3, H, W] -> [B, C, H, W] (upsamplers.py:253-275)."""
+        kernel = self.range_kernel(guidance) * self.spatial_kernel(source.device)
+        kernel = kernel / kernel.sum(1, keepdim=True).clamp(1e-7)
+        kernel = kernel + 0.1 * self.fixup_proj(torch.cat([kernel, guidance], dim=1))
+        upsampled = F.interpolate(source, size=guidance.shape[-2:], mode="bicubic", align_corners=False)
+        padded = F.pad(upsampled, [self.radius] * 4, mode="reflect")
+        return adaptive_conv(padded, kernel.to(padded.dtype))
+
+
+class JBUUpsampler(nn.Module):
+    """SimFeatUp: ``steps`` x2 JBU steps guided by the image average-pooled to each step's size, then a 1x1
+    fixup. ``JBUOne`` (upsamplers.py:304-325) applies one shared step of radius 5 four times; ``JBUStack``
+    (278-301) applies four steps ``up1..up4`` of radius 3."""
+
+    def __init__(self, feat_dim: int, shared: bool) -> None:
+        super().__init__()
+        self.shared = shared
+        if shared:
+            self.up = JBULearnedRange(3, feat_dim, 32, radius=5)
+        else:
+            for index in range(1, 5):
+                self.add_module(f"up{index}", JBULearnedRange(3, feat_dim, 32, radius=3))
+        self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(feat_dim, feat_dim, kernel_size=1))
+
+    def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
+        """source [B, C, h, w] features, guidance [B, 3, H, W] normalised image -> [B, C, 16h, 16w]."""
+        for index in range(1, 5):
+            step = self.up if self.shared else getattr(self, f"up{index}")
+            height, width = source.shape[-2:]
+            source = step(source, F.adaptive_avg_pool2d(guidance, (height * 2, width * 2)))
+        return self.fixup_proj(source) * 0.1 + source
+
+
+def build_feature_upsampler(name: str, feat_dim: int) -> JBUUpsampler:
+    """``"jbu_one"`` or ``"jbu_stack"`` for ``feat_dim``-channel features (upsamplers.py:353-369)."""
+    if name not in ("jbu_one", "jbu_stack"):
+        raise ValueError(f"unknown feature upsampler {name!r}; valid: jbu_one, jbu_stack")
+    return JBUUpsampler(feat_dim, shared=name == "jbu_one")
+
+
+__all__ = ["JBULearnedRange", "JBUUpsampler", "adaptive_conv", "build_feature_upsampler"]

@@ -1,0 +1,1 @@
+"""Independent re-implementations of the anchors' official code, for the parity tests."""
