@@ -1,17 +1,29 @@
-"""Peak resident memory of one pipeline call on a 6000x4000 image (target: under 3 GB on CPU).
+"""Peak resident memory of hf_ovseg on very large inputs (target: under 3 GB on CPU).
 
-Crops are streamed in batches and the final resize to the original size runs in row chunks, so memory is
-bounded by the model, the decoded photo and the per-class masks at full resolution, not by the image area
-times the number of classes.
+1. A 6000x4000 photo through one pipeline call (default). Crops are streamed in batches and the final resize
+   to the original size runs in row chunks, so memory is bounded by the model, the decoded photo and the
+   per-class masks at full resolution, not by the image area times the number of classes.
+   ``--feature-upsampler`` runs ``segearth`` with SimFeatUp (``jbu_one``, random weights), which upsamples
+   every crop's features to [512, 224, 224].
+2. ``--raster``: a ``--width`` x ``--height`` RGB GeoTIFF (20000 x 20000 by default, written by blocks) through
+   ``hf-ovseg segment`` in a child process: read and written by windows, tiles at native resolution
+   (``--short-side none``), or resized. The child's peak resident memory is measured by the kernel.
 
-    python benchmarks/bench_memory.py            # ViT-B/16 random weights, 21 labels, float32, CPU
+    python benchmarks/bench_memory.py                                   # ViT-B/16 random weights, 21 labels
+    python benchmarks/bench_memory.py --feature-upsampler
+    python benchmarks/bench_memory.py --raster --short-side none --stride 224   # needs the geo extra
 """
 
 from __future__ import annotations
 
 import argparse
+import os
 import resource
+import subprocess
+import sys
+import tempfile
 import time
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -40,17 +52,18 @@ def current_rss_mb() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--width", type=int, default=6000)
-    parser.add_argument("--height", type=int, default=4000)
-    parser.add_argument("--labels", type=int, default=21)
-    parser.add_argument("--limit-mb", type=float, default=3072)
-    args = parser.parse_args()
+def vit_b16(method: str, feature_upsampler: str | None = None) -> ZeroShotImageSegmentationPipeline:
     torch.manual_seed(0)
-    model = OVSegModel(ARCHS["ViT-B-16"].config("seed")).eval()
+    config = ARCHS["ViT-B-16"].config(method)
+    config.feature_upsampler = feature_upsampler
+    model = OVSegModel(config).eval()
     processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
-    pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device="cpu")
+    return ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device="cpu")
+
+
+def photo_memory(args: argparse.Namespace) -> None:
+    method = "segearth" if args.feature_upsampler else "seed"
+    pipe = vit_b16(method, "jbu_one" if args.feature_upsampler else None)
     labels = [f"class {i}" for i in range(args.labels)]
     pipe(np.zeros((64, 64, 3), np.uint8), candidate_labels=labels)  # text embeddings cached, allocator warm
     # A smooth synthetic photo (gradients), so that classes can appear in large regions.
@@ -65,12 +78,71 @@ def main() -> None:
     segments = pipe(photo, candidate_labels=labels)
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
-    print(f"image {args.width}x{args.height}, {args.labels} labels, {len(segments)} segments, {seconds:.1f} s")
+    upsampler = ", SimFeatUp jbu_one on" if args.feature_upsampler else ""
+    print(f"image {args.width}x{args.height}, {args.labels} labels, method {method}{upsampler}, "
+          f"{len(segments)} segments, {seconds:.1f} s")  # fmt: skip
     print(f"resident before the call: {before:.0f} MB (model, photo); peak during the call: {peak:.0f} MB")
-    print(
-        f"peak / limit = {peak / args.limit_mb:.2f} ({'under' if peak < args.limit_mb else 'OVER'} "
-        f"{args.limit_mb:.0f} MB)"
-    )
+    print(f"peak / limit = {peak / args.limit_mb:.2f} ({'under' if peak < args.limit_mb else 'OVER'} "
+          f"{args.limit_mb:.0f} MB)")  # fmt: skip
+
+
+def write_orthophoto(path: Path, width: int, height: int) -> None:
+    """A smooth RGB GeoTIFF (tiled, deflate), written block by block."""
+    import rasterio
+    from rasterio.transform import from_origin
+    from rasterio.windows import Window
+
+    profile = {"driver": "GTiff", "width": width, "height": height, "count": 3, "dtype": "uint8",
+               "crs": "EPSG:32633", "transform": from_origin(500000, 4600000, 0.3, 0.3), "tiled": True,
+               "blockxsize": 512, "blockysize": 512, "compress": "deflate", "BIGTIFF": "IF_SAFER"}  # fmt: skip
+    with rasterio.open(path, "w", **profile) as dst:
+        for top in range(0, height, 1024):
+            rows = min(1024, height - top)
+            y = np.arange(top, top + rows, dtype=np.float32)[:, None]
+            x = np.arange(width, dtype=np.float32)[None, :]
+            band = np.stack([(np.sin(x / 700) + np.cos(y / 500) + 2) * 60 + (x % 97 < 20) * 30,
+                             (np.cos(x / 300) * np.sin(y / 900) + 1) * 110,
+                             ((x + y) % 1500) / 1500 * 200 + 20])  # fmt: skip
+            dst.write(band.astype(np.uint8), window=Window(0, top, width, rows))
+
+
+def raster_memory(args: argparse.Namespace) -> None:
+    with tempfile.TemporaryDirectory() as tmp:
+        tmp = Path(tmp)
+        raster = tmp / "orthophoto.tif"
+        start = time.perf_counter()
+        write_orthophoto(raster, args.width, args.height)
+        print(f"wrote a {args.width}x{args.height} RGB GeoTIFF in {time.perf_counter() - start:.0f} s")
+        vit_b16("seed").save_pretrained(tmp / "model")
+        command = [sys.executable, "-m", "hf_ovseg.cli", "segment", str(raster), "--model", str(tmp / "model"),
+                   "--labels", ",".join(f"class {i}" for i in range(args.labels)), "--out", str(tmp / "out"),
+                   "--short-side", args.short_side, "--stride", str(args.stride), "--no-text-cache"]  # fmt: skip
+        start = time.perf_counter()
+        result = subprocess.run(command, capture_output=True, text=True, env={**os.environ, "HF_HUB_OFFLINE": "1"})
+        seconds = time.perf_counter() - start
+        peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024
+        if result.returncode:
+            sys.exit(f"segment failed ({result.returncode}): {result.stderr[-2000:]}")
+        print(f"hf-ovseg segment (ViT-B/16 random weights, {args.labels} labels, short side {args.short_side}, "
+              f"crop 224 / stride {args.stride}): {seconds:.0f} s, peak resident memory {peak:.0f} MB")  # fmt: skip
+        print(f"peak / limit = {peak / args.limit_mb:.2f} ({'under' if peak < args.limit_mb else 'OVER'} "
+              f"{args.limit_mb:.0f} MB)")  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--raster", action="store_true", help="a GeoTIFF through hf-ovseg segment")
+    parser.add_argument("--width", type=int, default=None, help="default 6000 (photo) or 20000 (raster)")
+    parser.add_argument("--height", type=int, default=None, help="default 4000 (photo) or 20000 (raster)")
+    parser.add_argument("--labels", type=int, default=21)
+    parser.add_argument("--feature-upsampler", action="store_true", help="segearth with SimFeatUp (photo mode)")
+    parser.add_argument("--short-side", default="none", help="raster mode: 'none' (native) or pixels")
+    parser.add_argument("--stride", type=int, default=112, help="raster mode: window stride (crop 224)")
+    parser.add_argument("--limit-mb", type=float, default=3072)
+    args = parser.parse_args()
+    args.width = args.width or (20000 if args.raster else 6000)
+    args.height = args.height or (20000 if args.raster else 4000)
+    raster_memory(args) if args.raster else photo_memory(args)
 
 
 if __name__ == "__main__":

@@ -10,8 +10,12 @@ in one run and for each dtype:
 
 Prints a markdown table with the medians, the ratio pipeline/floor, images/s and peak memory.
 
+With ``--feature-upsampler`` it instead times ``method="segearth"`` with and without SimFeatUp (``jbu_one``,
+random weights of the published checkpoint's shape) on the same crops and prints the extra time per crop.
+
     python benchmarks/bench_speed.py                       # fp32 and bf16 on CPU (fp16 on CUDA if present)
     python benchmarks/bench_speed.py --device cuda --dtypes float16
+    python benchmarks/bench_speed.py --feature-upsampler --dtypes float32
 """
 
 from __future__ import annotations
@@ -98,6 +102,23 @@ def bench(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, f
     return result
 
 
+def bench_upsampler(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, float]:
+    torch.manual_seed(0)
+    config = ARCHS["ViT-B-16"].config("segearth")
+    config.feature_upsampler = "jbu_one"
+    model = OVSegModel(config).to(device=device, dtype=dtype).eval()
+    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
+    pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device=device)
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
+
+    def run(upsampling: bool):
+        return lambda: pipe(photo, candidate_labels=VOC21, feature_upsampling=upsampling, batch_size=BATCH)
+
+    crops = len(window_boxes(HEIGHT, WIDTH, CROP, STRIDE))
+    without, with_up = median_time(run(False), device, repeats), median_time(run(True), device, repeats)
+    return {"without": without, "with": with_up, "per_crop": (with_up - without) / crops, "crops": crops}
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -106,6 +127,7 @@ def main() -> None:
     )
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    parser.add_argument("--feature-upsampler", action="store_true", help="time SimFeatUp's extra cost per crop")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -120,6 +142,17 @@ def main() -> None:
         f"21 labels, median of {args.repeats}"
     )
     print()
+    if args.feature_upsampler:
+        print("| dtype | segearth without SimFeatUp (s) | with (s) | crops | extra per crop (s) | with / without |")
+        print("| --- | --- | --- | --- | --- | --- |")
+        for dtype_name in dtypes:
+            r = bench_upsampler(getattr(torch, dtype_name), device, args.repeats)
+            print(
+                f"| {dtype_name} | {r['without']:.3f} | {r['with']:.3f} | {r['crops']} | {r['per_crop']:.3f} "
+                f"| {r['with'] / r['without']:.2f} |",
+                flush=True,
+            )
+        return
     header = "| dtype | floor (s) | seed (s) | vanilla (s) | seed / floor | vanilla / floor | seed images/s | peak MB |"
     print(header)
     print("| --- | --- | --- | --- | --- | --- | --- | --- |")

@@ -3,7 +3,10 @@ unreachable checkpoints."""
 
 from __future__ import annotations
 
+import json
 import os
+import struct
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -56,6 +59,68 @@ def _unreachable(model: str, error: Exception) -> ValueError:
     )
 
 
+WEIGHT_FILES = (
+    "model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "pytorch_model.bin.index.json",
+)
+MODEL_TYPES = ("clip", "ovseg")
+
+
+def check_safetensors(path: str | os.PathLike) -> None:
+    """Raise ``ValueError`` naming ``path`` when it is not a whole safetensors file: a header that does not
+    parse, or tensor data that ends past the end of the file (a truncated download or copy)."""
+    size = os.path.getsize(path)
+    try:
+        with open(path, "rb") as handle:
+            length = struct.unpack("<Q", handle.read(8))[0]
+            if 8 + length > size:
+                raise ValueError("header longer than the file")
+            header = json.loads(handle.read(length))
+        end = max((v["data_offsets"][1] for k, v in header.items() if k != "__metadata__"), default=0)
+    except (OSError, ValueError, struct.error, KeyError, TypeError, MemoryError, OverflowError) as error:
+        raise ValueError(
+            f"{path} is corrupted: its safetensors header cannot be read ({error.__class__.__name__})"
+        ) from None
+    size = os.path.getsize(path)
+    if 8 + length + end > size:
+        raise ValueError(f"{path} is truncated: it holds {size:,d} bytes, its header describes {8 + length + end:,d}")
+
+
+def check_model_folder(folder: str) -> None:
+    """Raise ``ValueError`` saying what is wrong with a local model folder: no config.json, a model that is
+    not CLIP (its model_type), no weights or broken weights, no tokenizer."""
+    path = Path(folder)
+    config_file = path / "config.json"
+    if not config_file.is_file():
+        raise ValueError(f"{folder} is not a model folder: it has no config.json")
+    try:
+        config = json.loads(config_file.read_text(encoding="utf-8"))
+    except ValueError as error:
+        raise ValueError(f"{config_file} is not valid JSON ({error})") from None
+    model_type = config.get("model_type")
+    if model_type not in MODEL_TYPES:
+        kind = ", ".join(config.get("architectures") or []) or "unknown architecture"
+        raise ValueError(
+            f"{folder} holds a {model_type!r} model ({kind}), not CLIP: hf_ovseg needs a CLIP checkpoint "
+            "(model_type 'clip', or 'ovseg' from hf-ovseg convert)"
+        )
+    weights = [name for name in WEIGHT_FILES if (path / name).is_file()]
+    if not weights:
+        raise ValueError(f"{folder} has no weights: expected model.safetensors (or pytorch_model.bin)")
+    if weights[0] == "model.safetensors":
+        check_safetensors(path / "model.safetensors")
+    has_tokenizer = (path / "tokenizer.json").is_file() or all(
+        (path / n).is_file() for n in ("vocab.json", "merges.txt")
+    )
+    if not has_tokenizer:
+        raise ValueError(
+            f"{folder} has no tokenizer (tokenizer.json, or vocab.json and merges.txt): copy it from the CLIP "
+            "checkpoint the weights come from, or make the folder with `hf-ovseg convert`"
+        )
+
+
 def load_model_and_processor(
     model: str = DEFAULT_MODEL,
     method: str = "seed",
@@ -63,25 +128,41 @@ def load_model_and_processor(
     device: str | torch.device | None = None,
     **knobs: Any,
 ) -> tuple[OVSegModel, OVSegProcessor]:
-    """Load an [`OVSegModel`] and its processor from an OVSeg folder, an HF CLIP folder or a Hub repo id."""
+    """Load an [`OVSegModel`] and its processor from an OVSeg folder, an HF CLIP folder or a Hub repo id.
+    A folder without an image-processor config gets CLIP's normalisation."""
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     if os.path.exists(model) and not os.path.isdir(model):
         raise ValueError(
             f"--model must be a folder or a Hub repo id, got the file {model}; convert it first with `hf-ovseg convert`"
         )
-    if os.path.isdir(model) and not os.path.isfile(os.path.join(model, "config.json")):
-        raise ValueError(f"{model} is not a model folder: it has no config.json")
+    if os.path.isdir(model):
+        check_model_folder(model)
     try:
         ovseg = OVSegModel.from_pretrained(model, method=method, dtype=torch_dtype, **knobs)
         try:
             processor = OVSegProcessor.from_pretrained(model)
         except (OSError, ValueError, TypeError, KeyError):
-            from transformers import AutoImageProcessor, AutoTokenizer
+            from transformers import AutoTokenizer
+            from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-            processor = OVSegProcessor(AutoImageProcessor.from_pretrained(model), AutoTokenizer.from_pretrained(model))
+            try:
+                from transformers import AutoImageProcessor
+
+                image_processor = AutoImageProcessor.from_pretrained(model)
+            except (OSError, ValueError):
+                image_processor = CLIPImageProcessorPil()  # CLIP's mean and std
+            processor = OVSegProcessor(image_processor, AutoTokenizer.from_pretrained(model))
     except OSError as error:
         raise _unreachable(model, error) from None
+    except Exception as error:  # a corrupted file in the Hub cache raises the loaders' own errors
+        if "safetensor" not in error.__class__.__name__.lower() and "header" not in str(error).lower():
+            raise
+        raise ValueError(f"the weights of {model!r} are truncated or corrupted ({_first_line(error)})") from None
     return ovseg.to(torch_device).eval(), processor
+
+
+def _first_line(error: BaseException) -> str:
+    return str(error).splitlines()[0][:200] if str(error) else error.__class__.__name__
 
 
 def load_pipeline(

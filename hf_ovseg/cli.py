@@ -22,6 +22,13 @@ class CLIError(Exception):
     """A user error: printed as one line, exit status 2."""
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse with its usage errors printed as one line, like every other error of hf-ovseg."""
+
+    def error(self, message: str):
+        self.exit(2, f"hf-ovseg: error: {message} (see {self.prog} --help)\n")
+
+
 def read_labels(labels: str | None, labels_file: str | None) -> list[str]:
     """Classes from ``--labels "a,b,c"`` (one class per comma) or ``--labels-file`` (one class per line,
     synonyms comma-separated)."""
@@ -81,6 +88,17 @@ def positive_int(text: str) -> int:
     return value
 
 
+def workers_count(text: str) -> int:
+    """argparse type: an integer >= 0."""
+    try:
+        value = int(text)
+    except ValueError:
+        value = -1
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"expected a number of worker processes (0 or more), got {text!r}")
+    return value
+
+
 def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     """Model and protocol options shared by ``segment`` and ``evaluate`` (unset values: see DEFAULT_PROTOCOL)."""
     from .inference import PATCH_PADDINGS
@@ -124,72 +142,87 @@ def protocol_kwargs(args: argparse.Namespace, base: dict[str, Any] | None = None
     return {k: v for k, v in kwargs.items() if v is not None or k in ("short_side", "crop_size", "stride")}
 
 
-def _write_atomically(path: Path, payload: Any) -> None:
-    """Write a PIL image (as PNG) or a string so that ``path`` never holds a partial file."""
-    partial = path.with_name(path.name + ".partial")
+def parse_bands(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
     try:
-        if isinstance(payload, str):
-            partial.write_text(payload, encoding="utf-8")
-        else:
-            payload.save(partial, format="PNG")
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+        bands = tuple(int(part) for part in text.split(","))
+    except ValueError:
+        raise CLIError(f"--bands takes three band numbers such as 3,2,1, got {text!r}") from None
+    if len(bands) != 3 or min(bands) < 1:
+        raise CLIError(f"--bands takes three band numbers (from 1) such as 3,2,1, got {text!r}")
+    return bands
+
+
+def default_workers() -> int:
+    """DataLoader workers for decoding: one core less than the machine has, at most 4."""
+    return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
 def segment(args: argparse.Namespace) -> int:
-    import numpy as np
+    import time
+
+    from accelerate import PartialState
+    from accelerate.utils import gather_object
     from tqdm.auto import tqdm
 
     from .api import load_pipeline
-    from .processing_ovseg import load_image, open_image_file
-    from .visualize import label_map_image, overlay_image
+    from .bulk import check_inputs, check_output_dir, find_inputs, segment_jobs, write_summary
+    from .pipeline_ovseg import check_call_arguments
+    from .processing_ovseg import DiskTextCache
+    from .visualize import label_map_format
 
-    # Check every input before loading the model or writing anything; files are opened lazily (header only)
-    # here and decoded one at a time below, so many large photos are never all in memory.
-    labels = read_labels(args.labels, args.labels_file)
+    # Every check that does not need the model runs first: nothing is loaded or written for a bad input.
+    items = read_labels(args.labels, args.labels_file)
     resolve_dtype(args.dtype)
     resolve_device(args.device)
-    for image in args.images:
-        if not str(image).startswith(("http://", "https://")):
-            open_image_file(image).close()
-    out_dir = Path(args.out)
-    stems = [Path(image).stem for image in args.images]
-    if len(set(stems)) != len(stems):
-        raise CLIError("two input images have the same file name; their outputs would overwrite each other")
-
-    method = args.method or "seed"
-    pipe = load_pipeline(args.model, method, args.dtype, args.device)
-    out_dir.mkdir(parents=True, exist_ok=True)
     kwargs = protocol_kwargs(args)
-    for image, stem in tqdm(list(zip(args.images, stems, strict=True)), desc="segment", unit="image"):
-        photo = load_image(image)
-        result = pipe(photo, candidate_labels=labels, return_label_map=True, **kwargs)
-        label_map, names = result["label_map"], result["labels"]
-        counts = np.bincount(label_map.ravel(), minlength=len(names))
-        classes = {
-            s["label"]: {
-                "pixel_fraction": float(counts[names.index(s["label"])]) / label_map.size,
-                "mean_score": s["score"],
-            }
-            for s in result["segments"]
-        }
-        summary = {
-            "image": str(image),
-            "width": photo.width,
-            "height": photo.height,
-            "model": args.model,
-            "method": method,
-            "labels": names,
-            "classes": classes,
-        }
-        fractions = {name: c["pixel_fraction"] for name, c in classes.items()}
-        _write_atomically(out_dir / f"{stem}_labels.png", label_map_image(label_map))
-        _write_atomically(out_dir / f"{stem}_overlay.png", overlay_image(photo, label_map, names, fractions))
-        _write_atomically(out_dir / f"{stem}.json", json.dumps(summary, indent=2))
-        top = sorted(fractions.items(), key=lambda kv: -kv[1])[:4]
-        tqdm.write(f"{image}: " + ", ".join(f"{name} {share:.0%}" for name, share in top) + f" -> {out_dir}/{stem}_*")
-    return 0
+    check_call_arguments({("crop_batch_size" if k == "batch_size" else k): v for k, v in kwargs.items()})
+    threshold_label = int(kwargs.get("background_threshold", 0) > 0 or "background_label" in kwargs)
+    label_map_format(len(items) + threshold_label)  # more labels than a 16-bit label map holds fails here
+    bands = parse_bands(args.bands)
+    jobs = find_inputs(args.images)
+    check_inputs(jobs)
+    out_dir = Path(args.out)
+    check_output_dir(out_dir)
+
+    state = PartialState()
+    device = args.device or (str(state.device) if state.device.type != "mps" else "cpu")
+    method = args.method or "seed"
+    pipe = load_pipeline(args.model, method, args.dtype, device)
+    if not args.no_text_cache:
+        pipe.processor.disk_cache = DiskTextCache()
+    resize, call = pipe.prepare(items, method=method, **kwargs)
+    short_side, long_side = resize["short_side"], resize["long_side"]
+    meta = {"model": args.model, "method": method}
+    shard = [(i, job) for i, job in enumerate(jobs) if i % state.num_processes == state.process_index]
+    workers = default_workers() if args.num_workers is None else args.num_workers
+    start = time.perf_counter()
+    records = []
+    verbose = len(jobs) <= 20
+    for record in segment_jobs(
+        pipe, call, shard, out_dir, meta, short_side, long_side, workers, args.skip_existing, bands,
+        args.tile_size, progress=state.is_local_main_process,
+    ):  # fmt: skip
+        records.append(record)
+        if "error" in record:
+            tqdm.write(f"hf-ovseg: error: {record['input']}: {record['error']}", file=sys.stderr)
+        elif verbose:
+            top = sorted(record["classes"].items(), key=lambda kv: -kv[1])[:4]
+            shares = ", ".join(f"{name} {share:.0%}" for name, share in top)
+            tqdm.write(f"{record['input']}: {shares} -> {out_dir / record['outputs']['labels']}")
+    if state.num_processes > 1:
+        records = gather_object(records)
+    failed = sum("error" in r for r in records)
+    if state.is_main_process:
+        write_summary(out_dir, records, {**meta, "labels": call.names})
+        seconds = time.perf_counter() - start
+        print(
+            f"segmented {len(records) - failed} of {len(records)} images in {seconds:.1f} s "
+            f"({(len(records) - failed) / max(seconds, 1e-9):.2f} images/s); {failed} failed "
+            f"-> {out_dir / 'summary.json'}"
+        )
+    return 1 if failed else 0
 
 
 def convert_command(args: argparse.Namespace) -> int:
@@ -262,6 +295,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     from accelerate.utils import reduce
 
     from .api import load_pipeline
+    from .bulk import write_atomically
     from .evaluation import evaluate_methods, load_benchmark, markdown_table, update_model_card
     from .evaluation.protocols import SOURCES, resolve_protocol
 
@@ -298,15 +332,18 @@ def evaluate_command(args: argparse.Namespace) -> int:
             return matrix
         return reduce(torch.from_numpy(matrix).to(state.device), reduction="sum").cpu().numpy()
 
+    workers = default_workers() if args.num_workers is None else args.num_workers
     results = evaluate_methods(
         pipe, bench, methods, arguments, args.model, protocol.prompts if protocol else None, record,
         state.process_index, state.num_processes, sum_over_processes, progress=state.is_local_main_process,
+        num_workers=workers,
     )  # fmt: skip
     if state.is_main_process:
         print(markdown_table(results))
         if args.out:
             payload = [r.to_dict() for r in results]
-            _write_atomically(Path(args.out), json.dumps(payload[0] if len(payload) == 1 else payload, indent=2))
+            result = json.dumps(payload[0] if len(payload) == 1 else payload, indent=2, allow_nan=False)
+            write_atomically(Path(args.out), result)
         if args.update_model_card:
             update_model_card(args.update_model_card, results)
     return 0
@@ -314,13 +351,24 @@ def evaluate_command(args: argparse.Namespace) -> int:
 
 def check_output_file(path: Path) -> None:
     """Fail before any work when ``path`` cannot be written: a folder, a missing or read-only parent."""
+    from .bulk import check_writable
+
     if path.is_dir():
         raise CLIError(f"--out {path} is a folder; give a file name, e.g. {path / 'results.json'}")
     parent = path.parent if str(path.parent) else Path(".")
     if not parent.is_dir():
         raise CLIError(f"cannot write {path}: the folder {parent} does not exist")
-    if not os.access(parent, os.W_OK):
-        raise CLIError(f"cannot write {path}: the folder {parent} is not writable")
+    check_writable(parent, f"--out {path}")
+
+
+def demo_command(args: argparse.Namespace) -> int:
+    from .api import load_pipeline
+    from .demo import build_demo, gradio_module
+
+    gradio_module()  # a missing extra fails before the model loads
+    pipe = load_pipeline(args.model, args.method or "seed", args.dtype, args.device)
+    build_demo(pipe, concurrency=args.concurrency).launch(server_name=args.host, server_port=args.port)
+    return 0
 
 
 def protocols_command(args: argparse.Namespace) -> int:
@@ -334,17 +382,28 @@ def protocols_command(args: argparse.Namespace) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
+    parser = OneLineParser(
         prog="hf-ovseg", description="Training-free open-vocabulary semantic segmentation on a frozen CLIP."
     )
     parser.add_argument("-v", "--verbose", action="store_true", help="show library logs")
     commands = parser.add_subparsers(dest="command", required=True)
 
     seg = commands.add_parser("segment", help="segment images with any list of class names")
-    seg.add_argument("images", nargs="+", help="image files (or URLs)")
-    seg.add_argument("--labels", help='comma-separated classes, e.g. "road,building,tree,car"')
-    seg.add_argument("--labels-file", help="one class per line; synonyms comma-separated on a line")
+    seg.add_argument("images", nargs="+", help="image files, folders (searched recursively), globs or URLs")
+    seg.add_argument(
+        "--labels", help='comma-separated classes, synonyms joined by |, e.g. "road,building,sky|clouds,tree"'
+    )
+    seg.add_argument("--labels-file", help="one class per line; synonyms separated by commas (or |) on a line")
     seg.add_argument("--out", default="hf_ovseg_out", help="output folder (default: hf_ovseg_out)")
+    seg.add_argument("--skip-existing", action="store_true", help="skip images whose outputs exist (resume a run)")
+    seg.add_argument(
+        "--num-workers", type=workers_count, default=None, help="DataLoader workers decoding images (cores - 1, max 4)"
+    )
+    seg.add_argument("--no-text-cache", action="store_true", help="do not keep text embeddings on disk")
+    seg.add_argument("--bands", default=None, help="GeoTIFF bands used as R,G,B, e.g. 3,2,1 (default: tagged RGB)")
+    seg.add_argument(
+        "--tile-size", type=positive_int, default=None, help="GeoTIFF tile side at native resolution (1024)"
+    )
     add_inference_arguments(seg)
     seg.set_defaults(run=segment)
 
@@ -365,10 +424,23 @@ def build_parser() -> argparse.ArgumentParser:
     )
     ev.add_argument("--methods", default=None, help="comma-separated methods for an ablation (overrides --method)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")
+    ev.add_argument(
+        "--num-workers", type=workers_count, default=None, help="DataLoader workers decoding images (cores - 1, max 4)"
+    )
     ev.add_argument("--out", default=None, help="write the results (JSON) here")
     ev.add_argument("--update-model-card", default=None, help="write the results table into this README.md")
     add_inference_arguments(ev)
     ev.set_defaults(run=evaluate_command)
+
+    demo = commands.add_parser("demo", help="a web demo (Gradio; pip install 'hf_ovseg[demo]')")
+    demo.add_argument("--model", default=DEFAULT_MODEL, help=f"folder or Hub repo id (default: {DEFAULT_MODEL})")
+    demo.add_argument("--method", default=None, choices=list(METHOD_PRESETS), help="preselected method (seed)")
+    demo.add_argument("--device", default=None, help="cpu, cuda or cuda:N (default: cuda if available)")
+    demo.add_argument("--dtype", default=None, help=f"one of {', '.join(DTYPES)} (default: float32)")
+    demo.add_argument("--host", default="127.0.0.1", help="address to serve on (default: 127.0.0.1)")
+    demo.add_argument("--port", type=int, default=7860, help="port (default: 7860)")
+    demo.add_argument("--concurrency", type=positive_int, default=2, help="requests processed at once (2)")
+    demo.set_defaults(run=demo_command)
 
     prot = commands.add_parser("protocols", help="print the anchors' evaluation protocols")
     prot.set_defaults(run=protocols_command)
@@ -417,7 +489,10 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as done:  # --help, or a usage error already printed as one line
+        return done.code
     if not args.verbose:
         from transformers.utils import logging as hf_logging
 
@@ -426,7 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(message)s")
     try:
         return args.run(args)
-    except (CLIError, ValueError, FileNotFoundError) as error:
+    except (CLIError, ValueError, FileNotFoundError, PermissionError) as error:
         message = str(error).splitlines()[0] if str(error) else error.__class__.__name__
         print(f"hf-ovseg: error: {message}", file=sys.stderr)
         return 2

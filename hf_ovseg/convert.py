@@ -450,6 +450,12 @@ def convert(
 
         if path.exists() and not path.is_dir():
             raise ConversionError(f"{source} is neither a checkpoint file nor a model folder")
+        if arch != "auto" or activation is not None:
+            flag = "--arch" if arch != "auto" else "--activation"
+            raise ConversionError(
+                f"{flag} applies to OpenAI/OpenCLIP checkpoint files only: a Hugging Face folder or repo id "
+                "carries its own architecture in config.json"
+            )
         model, processor = load_model_and_processor(source, method, device="cpu")
         if tokenizer:
             from transformers import AutoTokenizer

@@ -9,8 +9,10 @@ softmax over every class name, max over synonyms, area threshold, background thr
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -25,13 +27,9 @@ from .postprocess import area_keep_mask
 PATCH_PADDINGS = ("center", "none")
 
 
-def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
-    """mmseg's slide-inference windows ``(top, bottom, left, right)`` covering a ``height x width`` image
-    (SCLIP clip_segmentor.py:96-108).
-
-    The last window in each direction is shifted back so it ends at the border; an image smaller than
-    ``crop`` gives windows clipped to the image (run as they are, never padded to the crop size).
-    """
+def axis_windows(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """mmseg's windows ``(start, end)`` along one axis: every ``stride``, the last one shifted back to end at
+    the border, clipped to ``length`` when it is shorter than ``crop`` (SCLIP clip_segmentor.py:96-108)."""
     if crop <= 0 or stride <= 0:
         raise ValueError(f"crop_size and stride must be positive, got {crop} and {stride}")
     if stride > crop:
@@ -39,14 +37,16 @@ def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[
             f"stride {stride} is larger than crop_size {crop}: the windows would leave pixels uncovered; "
             f"use a stride of at most {crop}"
         )
-    rows = max(height - crop + stride - 1, 0) // stride + 1
-    cols = max(width - crop + stride - 1, 0) // stride + 1
-    boxes = []
-    for r in range(rows):
-        for c in range(cols):
-            bottom, right = min(r * stride + crop, height), min(c * stride + crop, width)
-            boxes.append((max(bottom - crop, 0), bottom, max(right - crop, 0), right))
-    return boxes
+    count = max(length - crop + stride - 1, 0) // stride + 1
+    ends = [min(index * stride + crop, length) for index in range(count)]
+    return [(max(end - crop, 0), end) for end in ends]
+
+
+def window_boxes(height: int, width: int, crop: int, stride: int) -> list[tuple[int, int, int, int]]:
+    """mmseg's slide-inference windows ``(top, bottom, left, right)`` covering a ``height x width`` image, in
+    row-major order. An image smaller than ``crop`` gives windows clipped to the image (run as they are,
+    never padded to the crop size)."""
+    return [(t, b, l, r) for t, b in axis_windows(height, crop, stride) for l, r in axis_windows(width, crop, stride)]
 
 
 def round_up(value: int, multiple: int) -> int:
@@ -83,12 +83,95 @@ def crop_logits(
     raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
 
 
+@dataclass
+class Stitcher:
+    """The sliding windows of one image and the logits stitched so far (each crop's logits upsampled to the
+    crop, summed, divided by the number of windows covering each pixel)."""
+
+    image: torch.Tensor  # [1, 3, H, W] normalised
+    boxes: list[tuple[int, int, int, int]]
+    total: torch.Tensor | None = None
+    count: torch.Tensor | None = None
+    added: int = 0
+
+    @classmethod
+    def windows(cls, image: torch.Tensor, crop_size: int | None, stride: int | None) -> Stitcher:
+        """``crop_size=None``: one window on the whole image."""
+        height, width = image.shape[-2:]
+        if crop_size is None:
+            return cls(image, [(0, height, 0, width)])
+        return cls(image, window_boxes(height, width, crop_size, stride))
+
+    def crop(self, index: int) -> torch.Tensor:
+        top, bottom, left, right = self.boxes[index]
+        return self.image[..., top:bottom, left:right]
+
+    def add(self, index: int, logits: torch.Tensor) -> None:
+        """Add window ``index``'s [Q, h, w] logits."""
+        if self.total is None:
+            self.total = logits.new_zeros(logits.shape[0], *self.image.shape[-2:])
+            self.count = logits.new_zeros(1, *self.image.shape[-2:])
+        top, bottom, left, right = self.boxes[index]
+        self.total[:, top:bottom, left:right] += logits
+        self.count[:, top:bottom, left:right] += 1
+        self.added += 1
+
+    @property
+    def finished(self) -> bool:
+        return self.added == len(self.boxes)
+
+    def result(self) -> torch.Tensor:
+        """[Q, H, W] float32 stitched logits."""
+        return self.total / self.count
+
+
+def run_windows(
+    forward: Callable[[torch.Tensor], torch.Tensor],
+    stitchers: Iterable[tuple[Any, Stitcher]],
+    patch_size: int,
+    batch_size: int = 8,
+    patch_padding: str = "center",
+) -> Iterator[tuple[Any, torch.Tensor]]:
+    """Stitched logits of many images, ``(key, [Q, H, W])`` in input order, with the crops of consecutive
+    images sharing forward batches of ``batch_size`` (crops of one shape per batch). Images are pulled from
+    ``stitchers`` only when a batch needs their crops, so memory stays bounded. A crop's logits do not depend
+    on the batch it is in, so the result equals running the images one at a time."""
+    if patch_padding not in PATCH_PADDINGS:
+        raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
+    if batch_size < 1:
+        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+    pending: deque[tuple[Any, Stitcher]] = deque()  # images whose crops are queued, in input order
+    queue: deque[tuple[Stitcher, int]] = deque()  # crops not run yet
+    source = iter(stitchers)
+    exhausted = False
+    while True:
+        while not exhausted and len(queue) < batch_size:
+            item = next(source, None)
+            if item is None:
+                exhausted = True
+                break
+            pending.append(item)
+            queue.extend((item[1], index) for index in range(len(item[1].boxes)))
+        if not queue:
+            return
+        shape = queue[0][0].crop(queue[0][1]).shape
+        group = []
+        while queue and len(group) < batch_size and queue[0][0].crop(queue[0][1]).shape == shape:
+            group.append(queue.popleft())
+        logits = crop_logits(forward, torch.cat([s.crop(i) for s, i in group]), patch_size, patch_padding)
+        for (stitcher, index), crop in zip(group, logits, strict=True):
+            stitcher.add(index, crop)
+        while pending and pending[0][1].finished:
+            key, stitcher = pending.popleft()
+            yield key, stitcher.result()
+
+
 def slide_logits(
     forward: Callable[[torch.Tensor], torch.Tensor],
     image: torch.Tensor,
     patch_size: int,
     crop_size: int | None = 224,
-    stride: int = 112,
+    stride: int | None = 112,
     batch_size: int = 8,
     patch_padding: str = "center",
 ) -> torch.Tensor:
@@ -102,23 +185,9 @@ def slide_logits(
     Returns:
         [Q, H, W] float32 logits: each crop's logits upsampled bilinearly to the crop, averaged over overlaps.
     """
-    if patch_padding not in PATCH_PADDINGS:
-        raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
-    if batch_size < 1:
-        raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-    height, width = image.shape[-2:]
-    boxes = [(0, height, 0, width)] if crop_size is None else window_boxes(height, width, crop_size, stride)
-    total = count = None
-    for group in batched(boxes, batch_size):
-        crops = torch.cat([image[..., t:b, l:r] for t, b, l, r in group])
-        logits = crop_logits(forward, crops, patch_size, patch_padding)
-        if total is None:
-            total = logits.new_zeros(logits.shape[1], height, width)
-            count = logits.new_zeros(1, height, width)
-        for crop, (t, b, l, r) in zip(logits, group, strict=True):
-            total[:, t:b, l:r] += crop
-            count[:, t:b, l:r] += 1
-    return total / count
+    stitcher = Stitcher.windows(image, crop_size, stride)
+    ((_, logits),) = run_windows(forward, [(None, stitcher)], patch_size, batch_size, patch_padding)
+    return logits
 
 
 def bilinear_weights(in_size: int, out_size: int, device: torch.device | None = None):
@@ -177,6 +246,39 @@ def class_probability_chunks(
         yield top, probs if synonym_index.shape[0] == probs.shape[0] else probs[synonym_index].amax(dim=1)
 
 
+def area_counts(
+    logits: torch.Tensor, synonym_index: torch.Tensor, size: tuple[int, int], max_chunk_elements: int = 1 << 24
+) -> torch.Tensor:
+    """[C] argmax pixel counts of each class at ``size`` (the first pass of the area threshold)."""
+    counts = torch.zeros(synonym_index.shape[0], dtype=torch.int64, device=logits.device)
+    for _, class_probs in class_probability_chunks(logits, synonym_index, size, max_chunk_elements):
+        counts += torch.bincount(class_probs.argmax(dim=0).flatten(), minlength=len(counts))
+    return counts
+
+
+def label_chunks(
+    logits: torch.Tensor,
+    synonym_index: torch.Tensor,
+    size: tuple[int, int],
+    background_threshold: float = 0.0,
+    background_index: int | None = None,
+    keep: torch.Tensor | None = None,
+    max_chunk_elements: int = 1 << 24,
+) -> Iterator[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor]]:
+    """``(top, labels, best, class_probs)`` for consecutive row chunks at ``size``: classes not in ``keep``
+    (the area threshold's survivors) get zero probability, then the best class of each pixel, or
+    ``background_index`` where its probability is below ``background_threshold``."""
+    if background_threshold > 0 and background_index is None:
+        raise ValueError("background_threshold > 0 needs a background_index")
+    for top, class_probs in class_probability_chunks(logits, synonym_index, size, max_chunk_elements):
+        if keep is not None:
+            class_probs = class_probs * keep[:, None, None]
+        best, labels = class_probs.max(dim=0)
+        if background_index is not None:
+            labels = torch.where(best < background_threshold, torch.full_like(labels, background_index), labels)
+        yield top, labels, best, class_probs
+
+
 def predict_labels(
     logits: torch.Tensor,
     synonym_index: torch.Tensor,
@@ -199,27 +301,19 @@ def predict_labels(
             probability (see ``postprocess.area_keep_mask``); a first pass over the chunks counts the areas.
     """
     height, width = size
-    if background_threshold > 0 and background_index is None:
-        raise ValueError("background_threshold > 0 needs a background_index")
     num_classes = synonym_index.shape[0]
     num_labels = num_classes + int(background_index is not None and background_index >= num_classes)
     device = logits.device  # everything stays on the logits' device (the GPU, in a CUDA pipeline)
     keep = None
     if area_threshold is not None:
-        areas = torch.zeros(num_classes, dtype=torch.int64, device=device)
-        for _, class_probs in class_probability_chunks(logits, synonym_index, size, max_chunk_elements):
-            areas += torch.bincount(class_probs.argmax(dim=0).flatten(), minlength=num_classes)
-        keep = area_keep_mask(areas, area_threshold, background_index)
+        counts = area_counts(logits, synonym_index, size, max_chunk_elements)
+        keep = area_keep_mask(counts, area_threshold, background_index)
     label_map = torch.empty(height, width, dtype=torch.int32, device=device)
     score_sum = torch.zeros(num_labels, dtype=torch.float64, device=device)
     pixel_count = torch.zeros(num_labels, dtype=torch.int64, device=device)
     probabilities = torch.empty(num_classes, height, width, device=device) if return_probabilities else None
-    for top, class_probs in class_probability_chunks(logits, synonym_index, size, max_chunk_elements):
-        if keep is not None:
-            class_probs = class_probs * keep[:, None, None]
-        best, labels = class_probs.max(dim=0)
-        if background_index is not None:
-            labels = torch.where(best < background_threshold, torch.full_like(labels, background_index), labels)
+    chunks = label_chunks(logits, synonym_index, size, background_threshold, background_index, keep, max_chunk_elements)
+    for top, labels, best, class_probs in chunks:
         rows = slice(top, top + labels.shape[0])
         label_map[rows] = labels.to(torch.int32)
         score_sum.index_add_(0, labels.flatten(), best.flatten().double())

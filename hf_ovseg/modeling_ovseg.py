@@ -25,6 +25,7 @@ model, so one model can serve threads that use different methods at once.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 from typing import Any
 
@@ -387,6 +388,20 @@ class OVSegModel(CLIPModel):
         self._warned_no_upsampler = False
         self.post_init()
 
+    def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
+        """As ``PreTrainedModel.save_pretrained`` (and so ``push_to_hub``), plus the ``zero-shot-image-segmentation``
+        pipeline: ``custom_pipelines`` in config.json and the pipeline's code beside the model's. With the
+        processor saved in the same folder, the folder or Hub repo works with ``AutoModel``, ``AutoProcessor``
+        and ``pipeline(..., trust_remote_code=True)``."""
+        from transformers.dynamic_module_utils import custom_object_save
+
+        from .pipeline_ovseg import TASK, ZeroShotImageSegmentationPipeline
+
+        impl = f"pipeline_ovseg.{ZeroShotImageSegmentationPipeline.__name__}"
+        self.config.custom_pipelines = {TASK: {"impl": impl, "pt": ["AutoModel"]}}
+        super().save_pretrained(save_directory, *args, **kwargs)
+        custom_object_save(ZeroShotImageSegmentationPipeline, save_directory)
+
     # -- method knobs --------------------------------------------------------------------------
 
     def set_method(self, method: str | None = None, **knobs: Any) -> None:
@@ -455,12 +470,14 @@ class OVSegModel(CLIPModel):
         """``dense_logit_scale * (cos(patch, text) + cls_logit_lambda * cos(cls, text))``:
         [B, N, P] x [K, P] (x [B, P]) -> [B, K, rows, cols]."""
         cfg = settings or self.config
+        use_cls = bool(cfg.cls_logit_lambda) and cls_embeds is not None
+        if use_cls:  # one GEMM for CLS and patches: a crop's logits never depend on the batch it is in
+            patch_embeds = torch.cat([cls_embeds[:, None], patch_embeds], dim=1)
         patch_embeds = F.normalize(patch_embeds, dim=-1)
         text_embeds = F.normalize(text_embeds, dim=-1).to(patch_embeds.dtype)
-        logits = torch.einsum("bnp,kp->bkn", patch_embeds, text_embeds)
-        if cfg.cls_logit_lambda and cls_embeds is not None:
-            cls_logits = F.normalize(cls_embeds, dim=-1) @ text_embeds.T  # [B, K]
-            logits = logits + cfg.cls_logit_lambda * cls_logits[..., None]
+        logits = torch.matmul(patch_embeds, text_embeds.T).transpose(1, 2)  # [B, K, (1+)N]
+        if use_cls:
+            logits = logits[..., 1:] + cfg.cls_logit_lambda * logits[..., :1]
         logits = logits * cfg.dense_logit_scale
         return logits.reshape(*logits.shape[:2], *grid_size)
 

@@ -16,6 +16,8 @@ never changed, so one pipeline can serve several threads with different settings
 
 from __future__ import annotations
 
+from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -24,7 +26,7 @@ from PIL import Image
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .inference import PATCH_PADDINGS, predict_labels, resize_bilinear, slide_logits
+from .inference import PATCH_PADDINGS, Stitcher, predict_labels, resize_bilinear, run_windows
 from .postprocess import pamr
 from .processing_ovseg import DEFAULT_LONG_SIDE, LabelSet, check_templates, load_image, parse_labels
 
@@ -80,6 +82,25 @@ def check_call_arguments(kwargs: dict[str, Any]) -> None:
             raise ValueError(f"{name} must lie in [0, 1], got {value}")
     if "templates" in kwargs and kwargs["templates"] is not None:
         check_templates(kwargs["templates"])
+
+
+@dataclass(frozen=True)
+class CallSettings:
+    """One call's resolved settings (see ``ZeroShotImageSegmentationPipeline.call_settings``)."""
+
+    forward: Callable[[torch.Tensor], torch.Tensor]
+    labels: LabelSet
+    names: list[str]
+    patch_size: int
+    crop_size: int | None
+    stride: int | None
+    batch_size: int
+    padding: str
+    background_threshold: float
+    background_index: int | None
+    area_threshold: float | None
+    refine: str | None
+    return_probabilities: bool
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
@@ -154,6 +175,18 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             forward["labels"] = labels
         return preprocess, forward, postprocess
 
+    def prepare(self, candidate_labels: Any, **kwargs: Any) -> tuple[dict[str, Any], CallSettings]:
+        """Resolve call arguments once for many images (what ``__call__`` does per image): the resize
+        arguments of ``preprocess`` and the [`CallSettings`] of ``call_settings``."""
+        if "batch_size" in kwargs:
+            kwargs["crop_batch_size"] = kwargs.pop("batch_size")
+        if isinstance(candidate_labels, LabelSet):
+            labels = candidate_labels
+        else:
+            labels = parse_labels(candidate_labels, tokenizer=self.processor.tokenizer)
+        preprocess, forward, _ = self._sanitize_parameters(labels=labels, **kwargs)
+        return {"short_side": 448, "long_side": DEFAULT_LONG_SIDE, **preprocess}, self.call_settings(**forward)
+
     def preprocess(
         self, image: Any, short_side: int | None = 448, long_side: int | None = DEFAULT_LONG_SIDE
     ) -> dict[str, Any]:
@@ -163,9 +196,15 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             "original_size": (picture.height, picture.width),
         }
 
-    def _forward(
+    def _forward(self, model_inputs: dict[str, Any], **params: Any) -> dict[str, Any]:
+        call = self.call_settings(**params)
+        image = self.processor.normalize(model_inputs["pixels"])
+        stitcher = Stitcher.windows(image, call.crop_size, call.stride)
+        ((_, logits),) = run_windows(call.forward, [(None, stitcher)], call.patch_size, call.batch_size, call.padding)
+        return self.finish(logits, image, model_inputs["original_size"], call)
+
+    def call_settings(
         self,
-        model_inputs: dict[str, Any],
         labels: LabelSet,
         crop_size: int | None = 224,
         stride: int | None = None,
@@ -178,24 +217,15 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         refine: str | None = None,
         return_probabilities: bool = False,
         settings: Any = None,
-    ) -> dict[str, Any]:
+    ) -> CallSettings:
+        """Everything one call needs besides the image: the text embeddings (cached), the forward of a crop
+        batch with this call's method settings, and the protocol values."""
         model = self.model
         text = self.processor.text_embeddings(model, labels, templates)
         dtype = next(model.parameters()).dtype
-        image = self.processor.normalize(model_inputs["pixels"])
-        patch_size = model.config.vision_config.patch_size
 
         def forward(crops: torch.Tensor) -> torch.Tensor:
             return model(crops.to(dtype), text_embeds=text, settings=settings).logits
-
-        if stride is None and crop_size is not None:
-            stride = max(1, crop_size // 2)
-        logits = slide_logits(forward, image, patch_size, crop_size, stride, crop_batch_size, patch_padding)
-        size = model_inputs["original_size"]
-        if refine == "pamr":  # NACLIP: the normalised image, resized bilinearly to the original size, guides PAMR
-            logits = resize_bilinear(logits, size)
-            guide = F.interpolate(image, size=size, mode="bilinear", align_corners=False)[0]
-            logits = pamr(guide, logits)
 
         names = list(labels.labels)
         background_index = None
@@ -204,15 +234,31 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             if background_label not in names:
                 names.append(background_label)
             background_index = names.index(background_label)
+        if stride is None and crop_size is not None:
+            stride = max(1, crop_size // 2)
+        return CallSettings(
+            forward, labels, names, model.config.vision_config.patch_size, crop_size, stride, crop_batch_size,
+            patch_padding, background_threshold, background_index, area_threshold, refine, return_probabilities,
+        )  # fmt: skip
+
+    def finish(
+        self, logits: torch.Tensor, image: torch.Tensor, size: tuple[int, int], call: CallSettings
+    ) -> dict[str, Any]:
+        """From stitched logits [Q, h, w] of the normalised image [1, 3, h, w] to the label map at ``size``:
+        PAMR (optional), resize, softmax, synonyms, area and background thresholds, masks."""
+        if call.refine == "pamr":  # NACLIP: the normalised image, resized bilinearly to the original size, guides PAMR
+            logits = resize_bilinear(logits, size)
+            guide = F.interpolate(image, size=size, mode="bilinear", align_corners=False)[0]
+            logits = pamr(guide, logits)
         prediction = predict_labels(
-            logits, labels.synonym_index, size, background_threshold, background_index, return_probabilities,
-            area_threshold,
+            logits, call.labels.synonym_index, size, call.background_threshold, call.background_index,
+            call.return_probabilities, call.area_threshold,
         )  # fmt: skip
         present = torch.nonzero(prediction.pixel_count).flatten()
         # [P, H, W] 0/255 masks made on the model's device; the bool->uint8 view and in-place scale avoid two
         # extra full-resolution copies (this is most of the memory of a very large image).
         masks = (prediction.label_map[None] == present[:, None, None]).view(torch.uint8).mul_(255)
-        return {"prediction": prediction, "names": names, "present": present, "masks": masks}
+        return {"prediction": prediction, "names": call.names, "present": present, "masks": masks}
 
     def postprocess(
         self, model_outputs: dict[str, Any], return_label_map: bool = False, return_probabilities: bool = False
@@ -238,4 +284,4 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
 
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ZeroShotImageSegmentationPipeline, pt_model=AutoModel)
 
-__all__ = ["REFINEMENTS", "TASK", "ZeroShotImageSegmentationPipeline", "check_call_arguments"]
+__all__ = ["REFINEMENTS", "TASK", "CallSettings", "ZeroShotImageSegmentationPipeline", "check_call_arguments"]

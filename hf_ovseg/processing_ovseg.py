@@ -8,11 +8,14 @@ templates), so repeated calls with the same labels do no text encoding.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 import threading
 from collections import OrderedDict
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -216,27 +219,39 @@ def open_image_file(source: str | os.PathLike) -> Image.Image:
         raise ValueError(f"{source} is a folder, not an image file")
     try:
         return Image.open(source)
-    except (UnidentifiedImageError, OSError, SyntaxError) as error:
-        raise ValueError(f"{source} is not an image file ({error.__class__.__name__})") from None
+    except UnidentifiedImageError:
+        raise ValueError(f"{source} is not an image file (no image format recognises it)") from None
+    except (OSError, SyntaxError) as error:
+        raise ValueError(f"{source} is truncated or corrupted ({_reason(error)})") from None
+
+
+def upright(image: Image.Image) -> Image.Image:
+    """The image as it is displayed: rotated/flipped by its EXIF orientation (unchanged, not copied, without one)."""
+    return ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) != 1 else image
+
+
+def _reason(error: BaseException) -> str:
+    return str(error).splitlines()[0] if str(error) else error.__class__.__name__
 
 
 def load_image(image: Any) -> Image.Image:
     """An RGB PIL image from a path, URL, PIL image or numpy array (grayscale, RGBA, palette, 16-bit and
-    float images are converted). Raises ``ValueError`` naming the problem for anything else."""
+    float images are converted). Paths and PIL images are EXIF-rotated, as photos are displayed. Raises
+    ``ValueError`` naming the problem for anything else (a missing file, a non-image, a truncated file)."""
     if isinstance(image, (str, os.PathLike)):
         source = str(image)
         if source.startswith(("http://", "https://")):
             from transformers.image_utils import load_image as fetch
 
-            return to_rgb(fetch(source))
+            return to_rgb(upright(fetch(source)))
         with open_image_file(source) as opened:
             try:
                 opened.load()
-            except (OSError, SyntaxError) as error:
-                raise ValueError(f"{source} is not an image file ({error.__class__.__name__})") from None
-            return to_rgb(ImageOps.exif_transpose(opened))
+                return to_rgb(upright(opened))
+            except (OSError, SyntaxError, ValueError) as error:
+                raise ValueError(f"{source} is truncated or corrupted ({_reason(error)})") from None
     if isinstance(image, Image.Image):
-        return to_rgb(image)
+        return to_rgb(upright(image))
     if isinstance(image, np.ndarray):
         return to_rgb(Image.fromarray(_array_to_uint8(image)))
     raise ValueError(f"cannot read an image from a {type(image).__name__}: pass a path, URL, PIL image or numpy array")
@@ -378,6 +393,79 @@ class TextEmbeddingCache:
         return TextEmbeddingCache(self.max_entries)  # a copied processor starts with an empty cache
 
 
+def text_tower_fingerprint(model: torch.nn.Module) -> str:
+    """sha256 of the weights that determine text embeddings (the text tower and its projection), computed
+    once per model object."""
+    cached = getattr(model, "_hf_ovseg_text_fingerprint", None)
+    if cached is None:
+        digest = hashlib.sha256()
+        for name, tensor in sorted(model.state_dict().items()):
+            if name.startswith(("text_model.", "text_projection.")):
+                digest.update(name.encode())
+                digest.update(tensor.detach().to("cpu", torch.float32).contiguous().numpy().tobytes())
+        cached = digest.hexdigest()
+        model._hf_ovseg_text_fingerprint = cached
+    return cached
+
+
+class DiskTextCache:
+    """Text embeddings kept on disk across processes, one safetensors file per (text-tower weights, dtype,
+    templates, labels): a second ``hf-ovseg segment`` with the same labels runs no text tower. Each file
+    stores its key and the sha256 of its tensor; a file that does not read back whole is recomputed.
+
+    The default folder is ``$HF_HOME/hf_ovseg/text_embeddings`` (``~/.cache/huggingface/...``)."""
+
+    def __init__(self, folder: str | os.PathLike | None = None) -> None:
+        if folder is None:
+            from huggingface_hub import constants
+
+            folder = Path(constants.HF_HOME) / "hf_ovseg" / "text_embeddings"
+        self.folder = Path(folder)
+
+    @staticmethod
+    def key(model: torch.nn.Module, dtype: torch.dtype, templates: list[str], names: tuple[str, ...]) -> str:
+        payload = json.dumps([text_tower_fingerprint(model), str(dtype), list(templates), list(names)])
+        return hashlib.sha256(payload.encode()).hexdigest()
+
+    def path(self, key: str) -> Path:
+        return self.folder / f"{key}.safetensors"
+
+    def get(self, key: str) -> torch.Tensor | None:
+        path = self.path(key)
+        if not path.is_file():
+            return None
+        from safetensors import safe_open
+
+        try:
+            with safe_open(path, "pt") as entry:
+                metadata = entry.metadata() or {}
+                tensor = entry.get_tensor("embeddings")
+            intact = metadata.get("key") == key and metadata.get("sha256") == _tensor_digest(tensor)
+        except Exception as error:  # safetensors raises its own errors for a damaged file
+            logger.warning("text cache entry %s cannot be read (%s): recomputing it", path, _reason(error))
+            return None
+        if not intact:
+            logger.warning("text cache entry %s is corrupted (checksum mismatch): recomputing it", path)
+            return None
+        return tensor
+
+    def put(self, key: str, tensor: torch.Tensor) -> None:
+        from safetensors.torch import save_file
+
+        tensor = tensor.detach().to("cpu").contiguous()
+        try:
+            self.folder.mkdir(parents=True, exist_ok=True)
+            partial = self.path(key).with_suffix(f".{os.getpid()}.partial")
+            save_file({"embeddings": tensor}, partial, metadata={"key": key, "sha256": _tensor_digest(tensor)})
+            os.replace(partial, self.path(key))
+        except OSError as error:  # a read-only cache folder only costs the text tower next time
+            logger.warning("cannot write the text cache in %s (%s)", self.folder, _reason(error))
+
+
+def _tensor_digest(tensor: torch.Tensor) -> str:
+    return hashlib.sha256(tensor.to(torch.float32).contiguous().numpy().tobytes()).hexdigest()
+
+
 class OVSegProcessor(ProcessorMixin):
     """CLIP image processor + CLIP tokenizer + prompt templates.
 
@@ -401,6 +489,7 @@ class OVSegProcessor(ProcessorMixin):
         super().__init__(image_processor, tokenizer, **kwargs)
         self.text_cache_size = text_cache_size
         self.text_cache = TextEmbeddingCache(text_cache_size)
+        self.disk_cache: DiskTextCache | None = None  # set it (e.g. DiskTextCache()) to keep embeddings on disk
 
     # -- images ------------------------------------------------------------------------------------
 
@@ -441,6 +530,12 @@ class OVSegProcessor(ProcessorMixin):
         cached = self.text_cache.get(key)
         if cached is not None:
             return cached
+        disk_key = self.disk_cache.key(model, param.dtype, templates, labels.flat) if self.disk_cache else None
+        stored = self.disk_cache.get(disk_key) if disk_key else None
+        if stored is not None:
+            result = stored.to(param.device, param.dtype)
+            self.text_cache.put(key, result)
+            return result
         prompts = [p for name in labels.flat for p in self.prompts(name, templates)]
         self.warn_truncated(prompts)
         embeds = []
@@ -452,6 +547,8 @@ class OVSegProcessor(ProcessorMixin):
         per_template = torch.cat(embeds).view(len(labels.flat), len(templates), -1)
         result = F.normalize(per_template.mean(dim=1), dim=-1).to(param.dtype)
         self.text_cache.put(key, result)
+        if disk_key:
+            self.disk_cache.put(disk_key, result)
         return result
 
     def warn_truncated(self, prompts: list[str]) -> None:
@@ -482,6 +579,7 @@ OVSegProcessor.register_for_auto_class("AutoProcessor")
 
 __all__ = [
     "DEFAULT_LONG_SIDE",
+    "DiskTextCache",
     "OPENAI_IMAGENET_TEMPLATES",
     "SYNONYM_SEPARATOR",
     "TextEmbeddingCache",

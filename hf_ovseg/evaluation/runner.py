@@ -12,8 +12,9 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+import torch
 
-from ..processing_ovseg import parse_labels
+from ..processing_ovseg import parse_labels, rescale_size, resize_array
 from .benchmarks import BenchmarkDataset
 from .ovseg_miou.ovseg_miou import confusion_matrix, metrics_from_confusion
 
@@ -41,6 +42,24 @@ class EvaluationResult:
         return asdict(self)
 
 
+class BenchmarkImages(torch.utils.data.Dataset):
+    """Decodes, reads the mask and resizes (as the pipeline does) in DataLoader workers:
+    ``(index, pixels [1, 3, h, w] uint8, (H, W), mask)``."""
+
+    def __init__(self, bench: BenchmarkDataset, indices: range, short_side: int | None, long_side: int | None):
+        self.bench, self.indices, self.short_side, self.long_side = bench, indices, short_side, long_side
+
+    def __len__(self) -> int:
+        return len(self.indices)
+
+    def __getitem__(self, position: int):
+        item = self.bench[self.indices[position]]
+        photo = np.asarray(item["image"], dtype=np.uint8)
+        size = rescale_size(photo.shape[0], photo.shape[1], self.short_side, self.long_side)
+        pixels = torch.from_numpy(np.array(resize_array(photo, size))).permute(2, 0, 1)[None]
+        return self.indices[position], pixels, photo.shape[:2], item["mask"]
+
+
 def evaluate_methods(
     pipe: Any,
     bench: BenchmarkDataset,
@@ -53,8 +72,12 @@ def evaluate_methods(
     num_processes: int = 1,
     reduce: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = True,
+    num_workers: int = 0,
 ) -> list[EvaluationResult]:
     """Run every method over this process's shard of ``bench`` and score it.
+
+    Images are decoded in ``num_workers`` DataLoader workers and the crops of consecutive images share forward
+    batches, as ``hf-ovseg segment`` does (the label maps equal the pipeline's, image by image).
 
     Args:
         pipe: a ``zero-shot-image-segmentation`` pipeline (weights are loaded once, reused by all methods).
@@ -69,7 +92,9 @@ def evaluate_methods(
     """
     from tqdm.auto import tqdm
 
+    from ..bulk import loader
     from ..configuration_ovseg import METHOD_KNOBS
+    from ..inference import Stitcher, run_windows
 
     spec = bench.spec
     prompts = spec.prompts if prompts is None else prompts
@@ -85,22 +110,36 @@ def evaluate_methods(
             raise ValueError(f"{spec.name} has no background class, so a background threshold cannot be used")
         arguments["background_label"] = labels.labels[background_index]
     indices = range(process_index, len(bench), num_processes)
+    device = next(pipe.model.parameters()).device
     results = []
     for method in methods:
         own = knobs if method == protocol_method else {k: v for k, v in knobs.items() if k == "dense_logit_scale"}
-        settings = pipe.model.config.with_method(method, **own)
+        resize, call = pipe.prepare(labels, method=method, **own, **arguments)
+        images = BenchmarkImages(bench, indices, resize["short_side"], resize["long_side"])
+
+        def stitchers(images=images, call=call):
+            for _, pixels, size, mask in loader(images, num_workers):
+                image = pipe.processor.normalize(pixels.to(device))
+                yield (image, size, mask), Stitcher.windows(image, call.crop_size, call.stride)
+
         matrix = np.zeros((spec.num_classes, spec.num_classes + 1), dtype=np.int64)
         start = time.perf_counter()
-        bar = tqdm(indices, desc=f"{spec.name} {method}", unit="img", disable=not progress, dynamic_ncols=True)
-        for index in bar:
-            item = bench[index]
-            out = pipe(item["image"], candidate_labels=labels, method=method, return_label_map=True, **own, **arguments)
-            matrix += confusion_matrix(out["label_map"], item["mask"], spec.num_classes)
-            bar.set_postfix(mIoU=f"{100 * metrics_from_confusion(matrix)['mean_iou']:.1f}")
+        bar = tqdm(total=len(indices), desc=f"{spec.name} {method}", unit="img", disable=not progress,
+                   dynamic_ncols=True)  # fmt: skip
+        with torch.inference_mode():
+            for (image, size, mask), logits in run_windows(
+                call.forward, stitchers(), call.patch_size, call.batch_size, call.padding
+            ):
+                label_map = pipe.finish(logits, image, size, call)["prediction"].label_map.cpu().numpy()
+                matrix += confusion_matrix(label_map, mask, spec.num_classes)
+                bar.update()
+                bar.set_postfix(mIoU=f"{100 * metrics_from_confusion(matrix)['mean_iou']:.1f}")
+        bar.close()
         seconds = time.perf_counter() - start
         if reduce is not None:
             matrix = reduce(matrix)
         scores = metrics_from_confusion(matrix)
+        settings = pipe.model.config.with_method(method, **own)
         results.append(
             EvaluationResult(
                 dataset=spec.name,

@@ -1,0 +1,115 @@
+"""The Gradio demo in a real browser (Debian's Chromium driven by Playwright): a segmentation with its overlay,
+masks, table and downloads; the compare tab; bad input as a message in the page, after which the app still
+serves; and the request functions on their own."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import socket
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from hf_ovseg.demo import EXAMPLES, MAX_DEMO_LABELS, DemoError, build_demo, read_classes, segment_image
+
+from conftest import tiny_pipeline
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_ARGS = [
+    "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
+    "--disable-component-update", "--disable-sync",
+]  # fmt: skip
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pipe():
+    return tiny_pipeline("seed", outlier_top_k=3)
+
+
+def test_request_function_outputs(pipe, fixtures):
+    photo = fixtures / "voc" / "JPEGImages" / "2011_000025.jpg"
+    out = segment_image(pipe, str(photo), "bus, car, road|street", "clearclip", 5, 1.0, 0.2, 0.0)
+    assert out["overlay"].width > 500 and out["overlay"].height >= 375
+    assert out["masks"] and all(caption.count("%") == 1 and "score" in caption for _, caption in out["masks"])
+    label_map = np.array(Image.open(out["label_file"]))
+    summary = json.loads(Path(out["json_file"]).read_text())
+    assert label_map.shape == (375, 500) and summary["labels"] == ["bus", "car", "road"]
+    assert sum(c["pixel_fraction"] for c in summary["classes"].values()) == pytest.approx(1.0)
+    expected = pipe(str(photo), candidate_labels=["bus", "car", "road|street"], method="clearclip",
+                    outlier_top_k=5, similarity_weight=1.0, global_debias_factor=0.2,
+                    return_label_map=True)["label_map"]  # fmt: skip
+    assert np.array_equal(label_map, expected)
+
+
+@pytest.mark.parametrize(
+    ("image", "classes", "message"),
+    [
+        ("photo", " , ", "Give at least one class name"),
+        (None, "road", "Give an image"),
+        ("text", "road", "is not an image file"),
+        ("photo", ",".join(f"c{i}" for i in range(MAX_DEMO_LABELS + 1)), f"At most {MAX_DEMO_LABELS} classes"),
+        ("photo", "cat, Cat", "tokenize identically"),
+    ],
+)
+def test_bad_input_is_a_readable_error(pipe, fixtures, tmp_path, image, classes, message):
+    paths = {"photo": str(fixtures / "voc" / "JPEGImages" / "2011_000025.jpg"), "text": str(tmp_path / "a.png")}
+    Path(paths["text"]).write_text("not an image")
+    with pytest.raises(DemoError, match=message):
+        segment_image(pipe, paths.get(image), classes, "seed", 3, 1.0, 0.2, 0.0)
+    assert read_classes("road, sky|clouds") == ["road", "sky|clouds"]
+    assert all(Path(path).is_file() for path, _ in EXAMPLES)
+
+
+def test_demo_in_a_real_browser(pipe, fixtures):
+    from playwright.sync_api import expect, sync_playwright
+
+    port = free_port()
+    demo = build_demo(pipe, concurrency=2)
+    demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
+    photo = fixtures / "voc" / "JPEGImages" / "2011_000025.jpg"
+    try:
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+            page = browser.new_page()
+            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
+            page.locator("input[type=file]").first.set_input_files(str(photo))
+            classes = page.get_by_label("Classes")
+            classes.fill("bus, car, road|street")
+            page.get_by_role("button", name="Segment", exact=True).click()
+            table = page.locator("#classes-table")
+            expect(table).to_contain_text("share", timeout=60000)
+            expect(table).to_contain_text("%", timeout=60000)
+            expect(page.locator("#overlay img")).to_have_count(1, timeout=60000)
+            expect(page.locator("#masks img").first).to_be_visible(timeout=60000)
+            png_link = page.locator("#label-file a[href$='labels.png']")
+            json_link = page.locator("#json-file a[href$='summary.json']")
+            expect(png_link).to_have_count(1, timeout=60000)
+            expect(json_link).to_have_count(1, timeout=60000)
+            assert page.request.get(png_link.get_attribute("href")).body()[:8] == b"\x89PNG\r\n\x1a\n"
+            summary = json.loads(page.request.get(json_link.get_attribute("href")).body())
+            assert summary["labels"] == ["bus", "car", "road"] and summary["width"] == 500
+            # bad input: a readable message in the page, and the app keeps serving
+            classes.fill(" ")
+            page.get_by_role("button", name="Segment", exact=True).click()
+            expect(page.get_by_text("Give at least one class name")).to_be_visible(timeout=60000)
+            assert "Traceback" not in page.content()
+            classes.fill("bus, sky")
+            page.get_by_role("button", name="Segment", exact=True).click()
+            expect(table).to_contain_text("sky", timeout=60000)
+            # the compare tab runs two methods on the same image and classes
+            page.get_by_role("tab", name="Compare").click()
+            page.get_by_role("button", name="Compare", exact=True).click()
+            expect(page.locator("#overlay-a img")).to_have_count(1, timeout=60000)
+            expect(page.locator("#overlay-b img")).to_have_count(1, timeout=60000)
+            browser.close()
+    finally:
+        demo.close()
