@@ -10,6 +10,7 @@ The page takes an image (upload, paste, webcam or an example) and a class list w
 legend, every class's mask with its share and score, and offers the label PNG and the JSON for download. A
 "Compare" tab runs two methods side by side. Bad input is a message in the page, never a stack trace, and the
 app keeps serving. Requests are queued (``concurrency`` at a time); the model is loaded once, by the caller.
+The two buttons are also API endpoints, ``/segment`` and ``/compare``, for ``gradio_client``.
 """
 
 from __future__ import annotations
@@ -185,9 +186,13 @@ def build_demo(pipe: Any, concurrency: int = 2, max_queue: int = 32) -> Any:
             guarded(segment),
             inputs=[image, classes, method, top_k, similarity, debias, threshold],
             outputs=[overlay, masks, table, label_file, json_file],
+            api_name="segment",
         )
         compare_button.click(
-            guarded(compare), inputs=[image, classes, method_a, method_b], outputs=[overlay_a, overlay_b]
+            guarded(compare),
+            inputs=[image, classes, method_a, method_b],
+            outputs=[overlay_a, overlay_b],
+            api_name="compare",
         )
     return demo.queue(default_concurrency_limit=concurrency, max_size=max_queue)
 

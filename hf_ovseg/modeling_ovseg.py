@@ -103,8 +103,11 @@ class OVSegDenseFeatures(ModelOutput):
 class OVSegOutput(ModelOutput):
     """Output of [`OVSegModel.forward`].
 
-    logits: [B, K, rows, cols] ``dense_logit_scale * (cos(patch, text) + cls_logit_lambda * cos(cls, text))``.
-    patch_embeds: [B, N, P]. text_embeds: [K, P] normalised. grid_size, outlier_indices as above.
+    logits: [B, K, rows, cols] ``dense_logit_scale * (cos(patch, text) + cls_logit_lambda * cos(cls, text))``;
+        with SimFeatUp [B, K, H, W], computed one crop at a time from the per-pixel features.
+    patch_embeds: [B, N, P] of the patch grid (SimFeatUp's per-pixel features are not kept: see
+        ``get_dense_image_features``). text_embeds: [K, P] normalised. grid_size: of ``logits``. outlier_indices
+        as above.
     """
 
     logits: torch.Tensor | None = None
@@ -416,10 +419,10 @@ class OVSegModel(CLIPModel):
         return self.get_text_features(input_ids=input_ids, attention_mask=attention_mask).pooler_output
 
     def get_dense_image_features(
-        self, pixel_values: torch.Tensor, settings: OVSegConfig | None = None
+        self, pixel_values: torch.Tensor, settings: OVSegConfig | None = None, upsample: bool = True
     ) -> OVSegDenseFeatures:
         """Projected, debiased patch features [B, N, P] and the projected CLS [B, P] of the patched block;
-        with ``feature_upsampling`` and an upsampler, one feature per pixel of the crop."""
+        with ``feature_upsampling``, an upsampler and ``upsample``, one feature per pixel of the crop."""
         cfg = settings or self.config
         vision = self.vision_model(pixel_values, settings=cfg)
         tokens = self.vision_model.layer_norm(self.vision_model.post_layernorm, vision.last_hidden_state, cfg)
@@ -430,15 +433,8 @@ class OVSegModel(CLIPModel):
             cfg.global_debias_normalize_cls,
         )  # fmt: skip
         grid_size = vision.grid_size
-        if cfg.feature_upsampling and self.feature_upsampler is not None:
+        if upsample and self.uses_upsampler(cfg):
             patch_embeds, grid_size = self.upsample_features(patch_embeds, grid_size, pixel_values)
-        elif cfg.feature_upsampling and not self._warned_no_upsampler:
-            self._warned_no_upsampler = True
-            logger.warning(
-                "method %r asks for SimFeatUp but this model carries no feature upsampler: running without it "
-                "(embed one with `hf-ovseg convert ... --feature-upsampler CKPT`)",
-                cfg.method,
-            )
         return OVSegDenseFeatures(
             patch_embeds=patch_embeds,
             cls_embeds=cls_embeds,
@@ -446,18 +442,32 @@ class OVSegModel(CLIPModel):
             outlier_indices=vision.outlier_indices,
         )
 
+    def uses_upsampler(self, settings: OVSegConfig) -> bool:
+        """Whether ``settings`` run SimFeatUp on this model; warns once when they ask for it and there is none."""
+        if settings.feature_upsampling and self.feature_upsampler is None and not self._warned_no_upsampler:
+            self._warned_no_upsampler = True
+            logger.warning(
+                "method %r asks for SimFeatUp but this model carries no feature upsampler: running without it "
+                "(embed one with `hf-ovseg convert ... --feature-upsampler CKPT`)",
+                settings.method,
+            )
+        return bool(settings.feature_upsampling) and self.feature_upsampler is not None
+
     def upsample_features(
         self, patch_embeds: torch.Tensor, grid_size: tuple[int, int], pixel_values: torch.Tensor
     ) -> tuple[torch.Tensor, tuple[int, int]]:
         """SimFeatUp, as SegEarth-OV applies it (likyoo/SegEarth-OV@3e22a96:segearth_segmentor.py:180-186): the
-        [P, rows, cols] feature grid of each crop is upsampled with the normalised crop as guidance.
-        One crop at a time, so that a batch never holds more than one full-resolution intermediate.
-        -> [B, H*W, P] features and the new grid (H, W)."""
+        [P, rows, cols] feature grid of each crop is upsampled with the normalised crop as guidance, one crop at
+        a time. -> [B, H*W, P] features and the new grid (H, W) = 16 x (rows, cols), the crop's size for
+        patch 16."""
         batch, _, dim = patch_embeds.shape
         grid = patch_embeds.transpose(1, 2).reshape(batch, dim, *grid_size)
         guidance = pixel_values.to(grid.dtype)
-        upsampled = torch.cat([self.feature_upsampler(grid[i : i + 1], guidance[i : i + 1]) for i in range(batch)])
-        return upsampled.flatten(2).transpose(1, 2), tuple(upsampled.shape[-2:])
+        height, width = (side * self.feature_upsampler.scale_factor for side in grid_size)
+        upsampled = grid.new_empty(batch, dim, height, width)
+        for index in range(batch):
+            upsampled[index] = self.feature_upsampler(grid[index : index + 1], guidance[index : index + 1])[0]
+        return upsampled.flatten(2).transpose(1, 2), (height, width)
 
     def dense_logits(
         self,
@@ -480,6 +490,19 @@ class OVSegModel(CLIPModel):
             logits = logits[..., 1:] + cfg.cls_logit_lambda * logits[..., :1]
         logits = logits * cfg.dense_logit_scale
         return logits.reshape(*logits.shape[:2], *grid_size)
+
+    def upsampled_logits(
+        self,
+        dense: OVSegDenseFeatures,
+        index: int,
+        pixel_values: torch.Tensor,
+        text_embeds: torch.Tensor,
+        settings: OVSegConfig,
+    ) -> torch.Tensor:
+        """Crop ``index``'s logits [1, K, H, W] from its SimFeatUp features, at the crop's full resolution."""
+        crop = slice(index, index + 1)
+        features, grid_size = self.upsample_features(dense.patch_embeds[crop], dense.grid_size, pixel_values[crop])
+        return self.dense_logits(features, text_embeds, grid_size, dense.cls_embeds[crop], settings)
 
     def forward(
         self,
@@ -506,12 +529,18 @@ class OVSegModel(CLIPModel):
             text_embeds = self.encode_text(input_ids, attention_mask)
         if text_embeds.dim() != 2:
             raise ValueError(f"text_embeds must be [num_classes, projection_dim], got {tuple(text_embeds.shape)}")
-        dense = self.get_dense_image_features(pixel_values, settings)
+        cfg = settings or self.config
+        dense = self.get_dense_image_features(pixel_values, cfg, upsample=False)
+        if self.uses_upsampler(cfg):  # one crop at a time: a batch never holds its [B, H*W, P] per-pixel features
+            logits = torch.cat([self.upsampled_logits(dense, index, pixel_values, text_embeds, cfg) for index in
+                                range(pixel_values.shape[0])])  # fmt: skip
+        else:
+            logits = self.dense_logits(dense.patch_embeds, text_embeds, dense.grid_size, dense.cls_embeds, cfg)
         return OVSegOutput(
-            logits=self.dense_logits(dense.patch_embeds, text_embeds, dense.grid_size, dense.cls_embeds, settings),
+            logits=logits,
             patch_embeds=dense.patch_embeds,
             text_embeds=F.normalize(text_embeds, dim=-1),
-            grid_size=dense.grid_size,
+            grid_size=tuple(logits.shape[-2:]),
             outlier_indices=dense.outlier_indices,
         )
 

@@ -17,9 +17,22 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: Elements per chunk of rows in ``adaptive_conv`` (4 MB in float32: the output chunk stays in cache while every
+#: tap is added to it) and in the range kernel's dot products (512 KB temporaries, cheap to allocate): both are
+#: several times faster on CPU than passes over the whole image, with the same sums.
+CHUNK_ELEMENTS = 2**20
+RANGE_CHUNK_ELEMENTS = 2**17
+
+
+def row_chunks(height: int, row_elements: int, budget: int) -> list[tuple[int, int]]:
+    """(top, bottom) of consecutive row ranges of about ``budget`` elements, at least one row each."""
+    rows = max(1, budget // row_elements)
+    return [(top, min(top + rows, height)) for top in range(0, height, rows)]
+
 
 def adaptive_conv(source: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
-    """Per-pixel filtering: ``out[b, c, y, x] = sum_{i, j} source[b, c, y + i, x + j] * filters[b, i*k + j, y, x]``.
+    """Per-pixel filtering: ``out[b, c, y, x] = sum_{i, j} source[b, c, y + i, x + j] * filters[b, i*k + j, y, x]``,
+    the taps added in the official order (row by row), by chunks of output rows.
 
     Args:
         source: [B, C, H + k - 1, W + k - 1] (already padded).
@@ -30,9 +43,11 @@ def adaptive_conv(source: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     batch, taps, height, width = filters.shape
     size = round(taps**0.5)
     out = source.new_zeros(batch, source.shape[1], height, width)
-    for tap in range(taps):
-        i, j = divmod(tap, size)
-        out += source[:, :, i : i + height, j : j + width] * filters[:, tap : tap + 1]
+    for top, bottom in row_chunks(height, batch * source.shape[1] * width, CHUNK_ELEMENTS):
+        chunk = out[:, :, top:bottom]
+        for tap in range(taps):
+            i, j = divmod(tap, size)
+            chunk.addcmul_(source[:, :, top + i : bottom + i, j : j + width], filters[:, tap : tap + 1, top:bottom])
     return out
 
 
@@ -63,15 +78,19 @@ class JBULearnedRange(nn.Module):
         [B, 3, H, W] -> [B, k², H, W] (upsamplers.py:230-238)."""
         projected = self.range_proj(guidance)
         height, width = projected.shape[-2:]
-        padded = F.pad(projected, [self.radius] * 4, mode="reflect")
-        logits = torch.stack(
-            [
-                (padded[:, :, i : i + height, j : j + width] * projected).sum(1)
+        # channels last and by chunks of rows: contiguous dot products, small temporaries (4x faster on CPU)
+        padded = F.pad(projected, [self.radius] * 4, mode="reflect").permute(0, 2, 3, 1).contiguous()
+        projected = projected.permute(0, 2, 3, 1).contiguous()
+        chunks = []
+        for top, bottom in row_chunks(height, projected[:, 0].numel(), RANGE_CHUNK_ELEMENTS):
+            centre = projected[:, top:bottom]
+            taps = [
+                (padded[:, top + i : bottom + i, j : j + width] * centre).sum(-1)
                 for i in range(self.diameter)
                 for j in range(self.diameter)
-            ],
-            dim=1,
-        )
+            ]
+            chunks.append(torch.stack(taps, dim=1))
+        logits = torch.cat(chunks, dim=2)
         temperature = self.range_temp.exp().clamp_min(1e-4).clamp_max(1e4)
         return F.softmax(temperature * logits, dim=1)
 
@@ -96,6 +115,9 @@ class JBUUpsampler(nn.Module):
     """SimFeatUp: ``steps`` x2 JBU steps guided by the image average-pooled to each step's size, then a 1x1
     fixup. ``JBUOne`` (upsamplers.py:304-325) applies one shared step of radius 5 four times; ``JBUStack``
     (278-301) applies four steps ``up1..up4`` of radius 3."""
+
+    #: Output size / input size: four x2 steps.
+    scale_factor = 16
 
     def __init__(self, feat_dim: int, shared: bool) -> None:
         super().__init__()

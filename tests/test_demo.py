@@ -4,6 +4,7 @@ serves; and the request functions on their own."""
 
 from __future__ import annotations
 
+import io
 import json
 import shutil
 import socket
@@ -69,47 +70,83 @@ def test_bad_input_is_a_readable_error(pipe, fixtures, tmp_path, image, classes,
     assert all(Path(path).is_file() for path, _ in EXAMPLES)
 
 
-def test_demo_in_a_real_browser(pipe, fixtures):
-    from playwright.sync_api import expect, sync_playwright
-
+@pytest.fixture
+def served(pipe):
+    """The demo on a free local port; yields its URL."""
     port = free_port()
     demo = build_demo(pipe, concurrency=2)
     demo.launch(server_name="127.0.0.1", server_port=port, prevent_thread_lock=True, quiet=True)
-    photo = fixtures / "voc" / "JPEGImages" / "2011_000025.jpg"
     try:
-        with sync_playwright() as playwright:
-            browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
-            page = browser.new_page()
-            page.goto(f"http://127.0.0.1:{port}/", wait_until="networkidle")
-            page.locator("input[type=file]").first.set_input_files(str(photo))
-            classes = page.get_by_label("Classes")
-            classes.fill("bus, car, road|street")
-            page.get_by_role("button", name="Segment", exact=True).click()
-            table = page.locator("#classes-table")
-            expect(table).to_contain_text("share", timeout=60000)
-            expect(table).to_contain_text("%", timeout=60000)
-            expect(page.locator("#overlay img")).to_have_count(1, timeout=60000)
-            expect(page.locator("#masks img").first).to_be_visible(timeout=60000)
-            png_link = page.locator("#label-file a[href$='labels.png']")
-            json_link = page.locator("#json-file a[href$='summary.json']")
-            expect(png_link).to_have_count(1, timeout=60000)
-            expect(json_link).to_have_count(1, timeout=60000)
-            assert page.request.get(png_link.get_attribute("href")).body()[:8] == b"\x89PNG\r\n\x1a\n"
-            summary = json.loads(page.request.get(json_link.get_attribute("href")).body())
-            assert summary["labels"] == ["bus", "car", "road"] and summary["width"] == 500
-            # bad input: a readable message in the page, and the app keeps serving
-            classes.fill(" ")
-            page.get_by_role("button", name="Segment", exact=True).click()
-            expect(page.get_by_text("Give at least one class name")).to_be_visible(timeout=60000)
-            assert "Traceback" not in page.content()
-            classes.fill("bus, sky")
-            page.get_by_role("button", name="Segment", exact=True).click()
-            expect(table).to_contain_text("sky", timeout=60000)
-            # the compare tab runs two methods on the same image and classes
-            page.get_by_role("tab", name="Compare").click()
-            page.get_by_role("button", name="Compare", exact=True).click()
-            expect(page.locator("#overlay-a img")).to_have_count(1, timeout=60000)
-            expect(page.locator("#overlay-b img")).to_have_count(1, timeout=60000)
-            browser.close()
+        yield f"http://127.0.0.1:{port}/"
     finally:
         demo.close()
+
+
+def test_demo_in_a_real_browser(served, fixtures, tmp_path):
+    from playwright.sync_api import expect, sync_playwright
+
+    photo = fixtures / "voc" / "JPEGImages" / "2011_000025.jpg"
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_ARGS)
+        page = browser.new_page()
+        page.goto(served, wait_until="networkidle")
+        page.locator("input[type=file]").first.set_input_files(str(photo))
+        classes = page.get_by_label("Classes")
+        classes.fill("bus, car, road|street")
+        page.get_by_role("button", name="Segment", exact=True).click()
+        table = page.locator("#classes-table")
+        expect(table).to_contain_text("share", timeout=60000)
+        expect(table).to_contain_text("%", timeout=60000)
+        for name in ("bus", "car", "road"):
+            expect(table).to_contain_text(name, timeout=60000)
+        expect(page.locator("#overlay img")).to_have_count(1, timeout=60000)
+        expect(page.locator("#masks img").first).to_be_visible(timeout=60000)
+        # the overlay is the photo with a legend column beside it
+        overlay = Image.open(io.BytesIO(page.request.get(page.locator("#overlay img").get_attribute("src")).body()))
+        assert overlay.height == 375 and overlay.width > 500
+        page.screenshot(path=tmp_path / "demo.png", full_page=True)
+        assert Image.open(tmp_path / "demo.png").width >= 800
+        png_link = page.locator("#label-file a[href$='labels.png']")
+        json_link = page.locator("#json-file a[href$='summary.json']")
+        expect(png_link).to_have_count(1, timeout=60000)
+        expect(json_link).to_have_count(1, timeout=60000)
+        assert page.request.get(png_link.get_attribute("href")).body()[:8] == b"\x89PNG\r\n\x1a\n"
+        summary = json.loads(page.request.get(json_link.get_attribute("href")).body())
+        assert summary["labels"] == ["bus", "car", "road"] and summary["width"] == 500
+        # bad input: a readable message in the page, and the app keeps serving
+        classes.fill(" ")
+        page.get_by_role("button", name="Segment", exact=True).click()
+        expect(page.get_by_text("Give at least one class name")).to_be_visible(timeout=60000)
+        assert "Traceback" not in page.content()
+        classes.fill("bus, sky")
+        page.get_by_role("button", name="Segment", exact=True).click()
+        expect(table).to_contain_text("sky", timeout=60000)
+        # the compare tab runs two methods on the same image and classes
+        page.get_by_role("tab", name="Compare").click()
+        page.get_by_role("button", name="Compare", exact=True).click()
+        expect(page.locator("#overlay-a img")).to_have_count(1, timeout=60000)
+        expect(page.locator("#overlay-b img")).to_have_count(1, timeout=60000)
+        browser.close()
+
+
+def test_sixteen_concurrent_api_requests(served, pipe, fixtures, tmp_path):
+    """16 requests at once through ``gradio_client``, each with its own classes: every answer is its own
+    request's segmentation (labels and label map equal to a direct pipeline call)."""
+    from gradio_client import Client, handle_file
+
+    photo = fixtures / "voc" / "JPEGImages" / "2011_000025.jpg"
+    names = ["bus", "car", "road", "tree", "sky", "person", "building", "bicycle", "grass", "wall"]
+    class_lists = [[names[i % 10], names[(i + 3) % 10], f"{names[(i + 7) % 10]}|thing {i}"] for i in range(16)]
+    client = Client(served, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    jobs = [
+        client.submit(handle_file(str(photo)), ", ".join(classes), "seed", 3, 1.0, 0.2, 0.0, api_name="/segment")
+        for classes in class_lists
+    ]
+    for classes, job in zip(class_lists, jobs, strict=True):
+        _, _, table, label_file, json_file = job.result(timeout=120)
+        labels = [item.split("|")[0] for item in classes]
+        assert json.loads(Path(json_file).read_text())["labels"] == labels
+        assert all(f"| {name} |" in table for name in labels)
+        expected = pipe(str(photo), candidate_labels=classes, method="seed", outlier_top_k=3, similarity_weight=1.0,
+                        global_debias_factor=0.2, return_label_map=True)["label_map"]  # fmt: skip
+        assert np.array_equal(np.array(Image.open(label_file)), expected)

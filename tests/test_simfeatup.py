@@ -82,6 +82,26 @@ def test_any_preset_can_use_the_upsampler_and_segearth_warns_without_one(caplog)
     assert len(warnings) == 1  # said once
 
 
+def test_forward_upsamples_crop_by_crop():
+    """``forward`` upsamples and scores one crop at a time (bounded memory); its logits for a batch equal the cosine
+    of ``get_dense_image_features``' per-pixel features (the whole batch at once) with the text, crop by crop."""
+    torch.manual_seed(2)
+    model = tiny_model("segearth", feature_upsampler="jbu_one").eval()
+    for parameter in model.feature_upsampler.parameters():  # away from the zero-initialised fixups
+        parameter.data.add_(torch.randn_like(parameter) * 0.2)
+    pixels, text = torch.randn(3, 3, 32, 48), torch.randn(4, 16)
+    with torch.no_grad():
+        out = model(pixels, text_embeds=text)
+        dense = model.get_dense_image_features(pixels)
+    assert dense.patch_embeds.shape == (3, 64 * 96, 16) and dense.grid_size == (64, 96)
+    cosine = torch.nn.functional.normalize(dense.patch_embeds, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    cls = torch.nn.functional.normalize(dense.cls_embeds, dim=-1) @ torch.nn.functional.normalize(text, dim=-1).T
+    expected = (cosine + model.config.cls_logit_lambda * cls[:, None]) * model.config.dense_logit_scale
+    assert out.logits.shape == (3, 4, 64, 96) and out.grid_size == (64, 96)
+    assert torch.allclose(out.logits, expected.transpose(1, 2).reshape(3, 4, 64, 96), atol=1e-5)
+    assert out.patch_embeds.shape == (3, 4 * 6, 16)  # the patch grid's features
+
+
 def test_pipeline_segments_with_simfeatup(fixtures):
     pipe = tiny_pipeline("segearth", feature_upsampler="jbu_one")
     photo = str(fixtures / "voc" / "JPEGImages" / "2011_000003.jpg")

@@ -25,6 +25,16 @@ def _tower(sd: dict, img: torch.Tensor, patch: int, heads: int, upto: int, resiz
     return x
 
 
+def _last_block_input(sd: dict, img: torch.Tensor, patch: int, heads: int):
+    """Every block but the last unchanged, then the last block's ``ln_1`` and its q, k, v (split per head), as
+    SCLIP, NACLIP, ClearCLIP and SegEarth-OV compute them. Returns (x, block prefix, ln_1(x), q, k, v)."""
+    last = num_blocks(sd) - 1
+    x = _tower(sd, img, patch, heads, last)
+    block = f"{VIS}.{last}"
+    y = layer_norm(sd, f"{block}.ln_1", x)
+    return (x, block, y, *custom_qkv(sd, block, y, heads))
+
+
 def _project(sd: dict, x_lnd: torch.Tensor) -> torch.Tensor:
     return layer_norm(sd, "visual.ln_post", x_lnd.permute(1, 0, 2)) @ sd["visual.proj"]
 
@@ -38,11 +48,7 @@ def vanilla(sd: dict, img: torch.Tensor, patch: int, heads: int) -> torch.Tensor
 def sclip(sd: dict, img: torch.Tensor, patch: int, heads: int) -> torch.Tensor:
     """wangf3014/SCLIP@b56bd30:clip/model.py:247-255 (last block ``x + csa(ln_1 x)``, ``x + mlp(ln_2 x)``),
     283-313 (``csa``: softmax(q q^T s) + softmax(k k^T s)); clip_segmentor.py:63-65 drops CLS."""
-    last = num_blocks(sd) - 1
-    x = _tower(sd, img, patch, heads, last)
-    block = f"{VIS}.{last}"
-    y = layer_norm(sd, f"{block}.ln_1", x)
-    q, k, v = custom_qkv(sd, block, y, heads)
+    x, block, y, q, k, v = _last_block_input(sd, img, patch, heads)
     scale = _scale(y, heads)
     weights = F.softmax(torch.bmm(q, q.transpose(1, 2)) * scale, -1) + F.softmax(
         torch.bmm(k, k.transpose(1, 2)) * scale, -1
@@ -71,11 +77,7 @@ def naclip(sd: dict, img: torch.Tensor, patch: int, heads: int, std: float = 5.0
     """NACLIP clip/model.py:94-132 with ``arch='reduced'`` (118-119: the attention output only) and
     ``attn_strategy='naclip'`` (189-207: softmax(k k^T s + Gaussian)); naclip.py:58-60 drops CLS."""
     rows, cols = img.shape[-2] // patch, img.shape[-1] // patch
-    last = num_blocks(sd) - 1
-    x = _tower(sd, img, patch, heads, last)
-    block = f"{VIS}.{last}"
-    y = layer_norm(sd, f"{block}.ln_1", x)
-    q, k, v = custom_qkv(sd, block, y, heads)
+    _, block, y, q, k, v = _last_block_input(sd, img, patch, heads)
     weights = torch.bmm(k, k.transpose(1, 2)) * _scale(y, heads) + naclip_addition(rows, cols, std).unsqueeze(0)
     x = custom_out(sd, block, F.softmax(weights, dim=-1), v, y.shape[1])
     return _project(sd, x)[:, 1:]
@@ -85,11 +87,7 @@ def _open_clip_last(sd: dict, img: torch.Tensor, patch: int, heads: int, model_t
     """ClearCLIP / SegEarth-OV open_clip/transformer.py ``VisionTransformer.forward`` with
     ``ignore_residual=True``: ``output = custom_attn(ln_1(x))`` of the last block, ``ln_post``, ``proj``;
     pooled = token 0, tokens = the rest (``_global_pool``). Returns (pooled [B, P], tokens [B, N, P])."""
-    last = num_blocks(sd) - 1
-    x = _tower(sd, img, patch, heads, last)
-    block = f"{VIS}.{last}"
-    y = layer_norm(sd, f"{block}.ln_1", x)
-    q, k, v = custom_qkv(sd, block, y, heads)
+    _, block, y, q, k, v = _last_block_input(sd, img, patch, heads)
     scale = _scale(y, heads)
 
     def soft(a, b):

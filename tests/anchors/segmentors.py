@@ -30,6 +30,20 @@ def _windows(h_img: int, w_img: int, crop: int, stride: int):
             yield max(y2 - crop, 0), y2, max(x2 - crop, 0), x2
 
 
+def _slide_average(img, forward_feature, num_queries: int, crop: int, stride: int) -> torch.Tensor:
+    """mmseg's slide loop as SCLIP (clip_segmentor.py:96-117), NACLIP (naclip.py:87-107) and ClearCLIP
+    (clearclip_segmentor.py:154-188) write it:
+    each window's logits (already the window's size) are padded into place and the sums divided by the counts."""
+    _, _, h_img, w_img = img.shape
+    preds = img.new_zeros((1, num_queries, h_img, w_img))
+    count = img.new_zeros((1, 1, h_img, w_img))
+    for y1, y2, x1, x2 in _windows(h_img, w_img, crop, stride):
+        crop_logit = forward_feature(img[:, :, y1:y2, x1:x2])
+        preds += F.pad(crop_logit, (x1, w_img - x2, y1, h_img - y2))
+        count[:, :, y1:y2, x1:x2] += 1
+    return preds / count
+
+
 def sclip_predict(
     img, ori_shape, feature, query, query_idx, patch, logit_scale=40, prob_thd=0.0, area_thd=None,
     slide_crop=224, slide_stride=112,
@@ -44,14 +58,8 @@ def sclip_predict(
         return F.interpolate(logits, size=crop.shape[-2:] if logit_size is None else logit_size, mode="bilinear")
 
     if slide_crop > 0:
-        _, _, h_img, w_img = img.shape
-        preds = img.new_zeros((1, len(query_idx), h_img, w_img))
-        count = img.new_zeros((1, 1, h_img, w_img))
-        for y1, y2, x1, x2 in _windows(h_img, w_img, slide_crop, slide_stride):
-            crop_logit = forward_feature(img[:, :, y1:y2, x1:x2])
-            preds += F.pad(crop_logit, (x1, preds.shape[3] - x2, y1, preds.shape[2] - y2))
-            count[:, :, y1:y2, x1:x2] += 1
-        seg_logits = F.interpolate(preds / count, size=ori_shape, mode="bilinear")
+        seg_logits = _slide_average(img, forward_feature, query.shape[0], slide_crop, slide_stride)
+        seg_logits = F.interpolate(seg_logits, size=ori_shape, mode="bilinear")
     else:
         seg_logits = forward_feature(img, ori_shape)
     seg_logits = (seg_logits[0] * logit_scale).softmax(0)
@@ -81,14 +89,7 @@ def naclip_predict(
         return F.interpolate(logits, size=crop.shape[-2:], mode="bilinear", align_corners=False)
 
     if slide_crop > 0:
-        _, _, h_img, w_img = img.shape
-        preds = img.new_zeros((1, len(query_idx), h_img, w_img))
-        count = img.new_zeros((1, 1, h_img, w_img))
-        for y1, y2, x1, x2 in _windows(h_img, w_img, slide_crop, slide_stride):
-            crop_logit = forward_feature(img[:, :, y1:y2, x1:x2])
-            preds += F.pad(crop_logit, (x1, preds.shape[3] - x2, y1, preds.shape[2] - y2))
-            count[:, :, y1:y2, x1:x2] += 1
-        seg_logits = preds / count
+        seg_logits = _slide_average(img, forward_feature, query.shape[0], slide_crop, slide_stride)
     else:
         seg_logits = forward_feature(img)
     seg_logits = F.interpolate(seg_logits, size=ori_shape, mode="bilinear", align_corners=False)
@@ -127,11 +128,7 @@ def clearclip_predict(
         logits = logits.permute(0, 2, 1).reshape(-1, logits.shape[-1], rows, cols)
         return F.interpolate(logits, size=crop.shape[-2:], mode="bilinear")
 
-    _, _, h_img, w_img = img.shape
-    preds = img.new_zeros((1, len(query_idx), h_img, w_img))
-    count = img.new_zeros((1, 1, h_img, w_img))
-    for y1, y2, x1, x2 in _windows(h_img, w_img, slide_crop, slide_stride):
-        crop = img[:, :, y1:y2, x1:x2]
+    def padded_forward(crop):
         height, width = crop.shape[2:]
         l = r = t = b = 0
         if width % patch:
@@ -145,9 +142,10 @@ def clearclip_predict(
         crop_logit = forward_feature(crop)
         if l or r or t or b:
             crop_logit = crop_logit[:, :, t : t + height, l : l + width]
-        preds += F.pad(crop_logit, (x1, preds.shape[3] - x2, y1, preds.shape[2] - y2))
-        count[:, :, y1:y2, x1:x2] += 1
-    seg_logits = F.interpolate(preds / count, size=ori_shape, mode="bilinear")
+        return crop_logit
+
+    seg_logits = _slide_average(img, padded_forward, query.shape[0], slide_crop, slide_stride)
+    seg_logits = F.interpolate(seg_logits, size=ori_shape, mode="bilinear")
     seg_logits = (seg_logits[0] * logit_scale).softmax(0)
     seg_logits = merge_synonyms(seg_logits, query_idx)
     seg_pred = seg_logits.argmax(0, keepdim=True)
