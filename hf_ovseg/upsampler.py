@@ -32,7 +32,7 @@ def row_chunks(height: int, row_elements: int, budget: int) -> list[tuple[int, i
 
 def adaptive_conv(source: torch.Tensor, filters: torch.Tensor) -> torch.Tensor:
     """Per-pixel filtering: ``out[b, c, y, x] = sum_{i, j} source[b, c, y + i, x + j] * filters[b, i*k + j, y, x]``,
-    the taps added in the official order (row by row), by chunks of output rows.
+    one tap at a time in row-major order, over chunks of output rows.
 
     Args:
         source: [B, C, H + k - 1, W + k - 1] (already padded).
