@@ -402,7 +402,10 @@ def build_parser() -> argparse.ArgumentParser:
     seg.add_argument("--no-text-cache", action="store_true", help="do not keep text embeddings on disk")
     seg.add_argument("--bands", default=None, help="GeoTIFF bands used as R,G,B, e.g. 3,2,1 (default: tagged RGB)")
     seg.add_argument(
-        "--tile-size", type=positive_int, default=None, help="GeoTIFF tile side at native resolution (1024)"
+        "--tile-size",
+        type=positive_int,
+        default=None,
+        help="GeoTIFF tile side at native resolution (1024), rounded down to a multiple of the stride",
     )
     add_inference_arguments(seg)
     seg.set_defaults(run=segment)

@@ -8,9 +8,11 @@ transform and size, the class colours embedded as its colour map, and nodata whe
 - 8-bit data is used as it is. 16-bit and float data are stretched to 8 bits per band between its 2nd and 98th
   percentiles (``STRETCH_PERCENTILES``, computed over the valid pixels of a decimated read, at most
   ``STRETCH_SAMPLE`` pixels a side), before CLIP's normalisation.
-- At native resolution (``short_side=None``) the raster is processed in tiles of ``tile_size`` pixels; each tile
-  runs every sliding window that touches it (so tiles overlap by a window and there are no seams) and keeps its
-  own pixels: the result equals the whole-image result, in memory bounded by the tile size.
+- At native resolution (``short_side=None``) the raster is processed in tiles of ``tile_size`` pixels, rounded
+  down to a multiple of the stride so that tile edges fall on window starts; each tile runs every sliding window
+  that touches it (so tiles overlap by a window and there are no seams) and keeps its own pixels: the result
+  equals the whole-image result, in memory bounded by the tile size. Only the windows that cross a tile edge run
+  twice (none when the stride equals the crop, except where mmseg shifts the last window back to the border).
 - Resized (``short_side`` set): a raster of at most ``FULL_READ_PIXELS`` pixels is read whole and resized as any
   image; a larger one is read at the target size by GDAL (bilinear). Its logits are resized back to the
   native size and written by row chunks.
@@ -254,7 +256,8 @@ def _resized(pipe, call, dataset, raster, dst, counts, short_side, long_side) ->
 
 
 def _native(pipe, call, dataset, raster, dst, counts, tile_size) -> None:
-    """Tiles of ``tile_size``; each runs every global window that touches it and keeps its own pixels."""
+    """Tiles of ``tile_size`` rounded down to a multiple of the stride; each runs every global window that
+    touches it and keeps its own pixels."""
     from rasterio.windows import Window
 
     if call.crop_size is None:
@@ -263,10 +266,11 @@ def _native(pipe, call, dataset, raster, dst, counts, tile_size) -> None:
         )
     rows = axis_windows(raster.height, call.crop_size, call.stride)
     cols = axis_windows(raster.width, call.crop_size, call.stride)
+    step = max(tile_size - tile_size % call.stride, call.stride)  # tile edges on window starts
     tiles = [
-        (top, min(top + tile_size, raster.height), left, min(left + tile_size, raster.width))
-        for top in range(0, raster.height, tile_size)
-        for left in range(0, raster.width, tile_size)
+        (top, min(top + step, raster.height), left, min(left + step, raster.width))
+        for top in range(0, raster.height, step)
+        for left in range(0, raster.width, step)
     ]
     device = next(pipe.model.parameters()).device
     syn = call.labels.synonym_index
