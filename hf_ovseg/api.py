@@ -13,7 +13,7 @@ import torch
 
 from .modeling_ovseg import OVSegModel
 from .pipeline_ovseg import TASK, ZeroShotImageSegmentationPipeline
-from .processing_ovseg import OVSegProcessor
+from .processing_ovseg import OVSegProcessor, first_line
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -83,7 +83,6 @@ def check_safetensors(path: str | os.PathLike) -> None:
         raise ValueError(
             f"{path} is corrupted: its safetensors header cannot be read ({error.__class__.__name__})"
         ) from None
-    size = os.path.getsize(path)
     if 8 + length + end > size:
         raise ValueError(f"{path} is truncated: it holds {size:,d} bytes, its header describes {8 + length + end:,d}")
 
@@ -157,12 +156,8 @@ def load_model_and_processor(
     except Exception as error:  # a corrupted file in the Hub cache raises the loaders' own errors
         if "safetensor" not in error.__class__.__name__.lower() and "header" not in str(error).lower():
             raise
-        raise ValueError(f"the weights of {model!r} are truncated or corrupted ({_first_line(error)})") from None
+        raise ValueError(f"the weights of {model!r} are truncated or corrupted ({first_line(error, 200)})") from None
     return ovseg.to(torch_device).eval(), processor
-
-
-def _first_line(error: BaseException) -> str:
-    return str(error).splitlines()[0][:200] if str(error) else error.__class__.__name__
 
 
 def load_pipeline(

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .inference import Stitcher, run_windows
-from .processing_ovseg import load_image, open_image_file, rescale_size, resize_array
+from .processing_ovseg import first_line, load_image, open_image_file, resized_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -102,7 +102,7 @@ def check_inputs(jobs: list[Job]) -> None:
             try:
                 rasterio_module().open(job.source).close()
             except Exception as error:  # rasterio's RasterioIOError and GDAL errors
-                raise ValueError(f"{job.source} is not a raster GDAL can read ({_message(error)})") from None
+                raise ValueError(f"{job.source} is not a raster GDAL can read ({first_line(error)})") from None
         else:
             open_image_file(job.source).close()
 
@@ -172,9 +172,7 @@ class DecodedImages(torch.utils.data.Dataset):
             photo = np.asarray(load_image(self.jobs[index].source), dtype=np.uint8)
         except ValueError as error:
             return index, None, None, str(error)
-        size = rescale_size(photo.shape[0], photo.shape[1], self.short_side, self.long_side)
-        pixels = torch.from_numpy(np.array(resize_array(photo, size))).permute(2, 0, 1)[None]
-        return index, pixels, photo, None
+        return index, resized_pixels(photo, self.short_side, self.long_side), photo, None
 
 
 def _as_is(item: Any) -> Any:
@@ -205,11 +203,20 @@ def write_image_outputs(
     paths: dict[str, Path], photo, label_map: np.ndarray, names: list[str], record: dict[str, Any]
 ) -> None:
     """The label map (palette or 16-bit PNG), the overlay and the JSON of one image."""
-    from .visualize import label_map_format, label_map_image, overlay_image
+    from .visualize import label_map_format, label_map_image
 
-    fractions = {name: c["pixel_fraction"] for name, c in record["classes"].items()}
     record["label_map_format"] = label_map_format(len(names))
     write_atomically(paths["labels"], label_map_image(label_map, len(names)))
+    write_overlay_and_json(paths, photo, label_map, names, record)
+
+
+def write_overlay_and_json(
+    paths: dict[str, Path], photo, label_map: np.ndarray, names: list[str], record: dict[str, Any]
+) -> None:
+    """The overlay (its legend from the record's class shares) and the JSON record of one image."""
+    from .visualize import overlay_image
+
+    fractions = {name: c["pixel_fraction"] for name, c in record["classes"].items()}
     write_atomically(paths["overlay"], overlay_image(photo, label_map, names, fractions))
     write_atomically(paths["json"], json.dumps(record, indent=2, allow_nan=False))
 
@@ -238,17 +245,16 @@ def segment_jobs(
     use_rasterio = has_rasterio()
     if not use_rasterio and any(is_raster(job.source) for _, job in jobs):
         logger.warning("GeoTIFF inputs are read as plain images (no georeferencing): pip install 'hf_ovseg[geo]'")
-    rasters = [(i, j) for i, j in jobs if use_rasterio and is_raster(j.source)]
-    images = [(i, j) for i, j in jobs if not (use_rasterio and is_raster(j.source))]
     bar = tqdm(total=len(jobs), desc="segment", unit="img", disable=not progress, dynamic_ncols=True)
-    todo = []
-    for index, job in images:
-        paths = outputs_of(out_dir, job, raster=False)
+    todo, rasters = [], []  # the jobs to run: images (decoded in workers) and GeoTIFFs (read by windows)
+    for index, job in jobs:
+        raster = use_rasterio and is_raster(job.source)
+        paths = outputs_of(out_dir, job, raster)
         if skip_existing and all(p.is_file() for p in paths.values()):
             bar.update()
             yield _existing_record(index, job, paths, out_dir)
         else:
-            todo.append((index, job))
+            (rasters if raster else todo).append((index, job))
     dataset = DecodedImages([job for _, job in todo], short_side, long_side)
     decoded = loader(dataset, num_workers)
     device = next(pipe.model.parameters()).device
@@ -281,7 +287,7 @@ def segment_jobs(
             write_image_outputs(paths, Image.fromarray(photo), label_map, call.names, record)
         except (ValueError, OSError, RuntimeError) as error:
             bar.update()
-            yield {"index": index, "input": job.source, "error": _message(error)}
+            yield {"index": index, "input": job.source, "error": first_line(error)}
             continue
         bar.update()
         yield _record(index, job, paths, out_dir, record)
@@ -290,15 +296,11 @@ def segment_jobs(
         yield failures.pop(0)
     for index, job in rasters:
         paths = outputs_of(out_dir, job, raster=True)
-        if skip_existing and all(p.is_file() for p in paths.values()):
-            bar.update()
-            yield _existing_record(index, job, paths, out_dir)
-            continue
         try:
             yield _segment_raster(pipe, call, job, paths, meta, short_side, long_side, bands,
                                   tile_size or DEFAULT_TILE_SIZE, index, out_dir, segment_raster)  # fmt: skip
         except (ValueError, OSError, RuntimeError) as error:
-            yield {"index": index, "input": job.source, "error": _message(error)}
+            yield {"index": index, "input": job.source, "error": first_line(error)}
         finally:
             bar.update()
     bar.close()
@@ -306,7 +308,6 @@ def segment_jobs(
 
 def _segment_raster(pipe, call, job, paths, meta, short_side, long_side, bands, tile_size, index, out_dir, run):
     from .raster import preview
-    from .visualize import overlay_image
 
     paths["labels"].parent.mkdir(parents=True, exist_ok=True)
     partial = paths["labels"].with_name(paths["labels"].name + ".partial")
@@ -319,14 +320,8 @@ def _segment_raster(pipe, call, job, paths, meta, short_side, long_side, bands, 
     photo, label_map = preview(paths["labels"], job.source, result.raster)
     nodata = 255 if result.label_format == "uint8" else 65535
     label_map = np.where(label_map == nodata, -1, label_map)
-    fractions = {name: c["pixel_fraction"] for name, c in record["classes"].items()}
-    write_atomically(paths["overlay"], overlay_image(photo, label_map, call.names, fractions))
-    write_atomically(paths["json"], json.dumps(record, indent=2, allow_nan=False))
+    write_overlay_and_json(paths, photo, label_map, call.names, record)
     return _record(index, job, paths, out_dir, record)
-
-
-def _message(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else error.__class__.__name__
 
 
 def _record(index: int, job: Job, paths: dict[str, Path], out_dir: Path, record: dict[str, Any]) -> dict[str, Any]:
@@ -342,7 +337,7 @@ def _existing_record(index: int, job: Job, paths: dict[str, Path], out_dir: Path
     try:
         record = json.loads(paths["json"].read_text(encoding="utf-8"))
     except (OSError, ValueError) as error:
-        return {"index": index, "input": job.source, "error": f"cannot read {paths['json']}: {_message(error)}"}
+        return {"index": index, "input": job.source, "error": f"cannot read {paths['json']}: {first_line(error)}"}
     return _record(index, job, paths, out_dir, record)
 
 

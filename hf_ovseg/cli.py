@@ -14,6 +14,7 @@ from typing import Any
 
 from .api import DEFAULT_MODEL, DTYPES, resolve_device, resolve_dtype
 from .configuration_ovseg import METHOD_PRESETS
+from .processing_ovseg import first_line
 
 logger = logging.getLogger("hf_ovseg")
 
@@ -159,6 +160,11 @@ def default_workers() -> int:
     return max(0, min(4, (os.cpu_count() or 1) - 1))
 
 
+def process_device(args: argparse.Namespace, state: Any) -> str:
+    """``--device``, else the device accelerate gives this process (the CPU instead of Apple's MPS)."""
+    return args.device or (str(state.device) if state.device.type != "mps" else "cpu")
+
+
 def segment(args: argparse.Namespace) -> int:
     import time
 
@@ -187,9 +193,8 @@ def segment(args: argparse.Namespace) -> int:
     check_output_dir(out_dir)
 
     state = PartialState()
-    device = args.device or (str(state.device) if state.device.type != "mps" else "cpu")
     method = args.method or "seed"
-    pipe = load_pipeline(args.model, method, args.dtype, device)
+    pipe = load_pipeline(args.model, method, args.dtype, process_device(args, state))
     if not args.no_text_cache:
         pipe.processor.disk_cache = DiskTextCache()
     resize, call = pipe.prepare(items, method=method, **kwargs)
@@ -281,9 +286,8 @@ def push_command(args: argparse.Namespace) -> int:
             ignore_patterns=["__pycache__/*", "*.partial"],
         )
     except Exception as error:  # network, auth and Hub errors all end here with their reason
-        reason = str(error).splitlines()[0] if str(error) else error.__class__.__name__
         raise CLIError(
-            f"cannot push to {args.repo_id}: {reason}. Log in once with `hf auth login` (or set HF_TOKEN)"
+            f"cannot push to {args.repo_id}: {first_line(error)}. Log in once with `hf auth login` (or set HF_TOKEN)"
         ) from None
     print(f"pushed {len(files)} files to {visibility} repo {args.repo_id}: {getattr(info, 'commit_url', info)}")
     return 0
@@ -315,7 +319,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         check_output_file(Path(args.out))
     bench = load_benchmark(args.dataset, args.data_root, args.limit)
     state = PartialState()
-    device = args.device or (str(state.device) if state.device.type != "mps" else "cpu")
+    device = process_device(args, state)
     dtype = args.dtype
     if dtype is None:  # the anchors' precision on a GPU, float32 on a CPU
         dtype = protocol.dtype if protocol and resolve_device(device).type == "cuda" else "float32"
@@ -505,8 +509,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.run(args)
     except (CLIError, ValueError, FileNotFoundError, PermissionError) as error:
-        message = str(error).splitlines()[0] if str(error) else error.__class__.__name__
-        print(f"hf-ovseg: error: {message}", file=sys.stderr)
+        print(f"hf-ovseg: error: {first_line(error)}", file=sys.stderr)
         return 2
 
 

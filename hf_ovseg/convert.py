@@ -22,7 +22,7 @@ import torch
 from .configuration_ovseg import OVSegConfig
 from .modeling_ovseg import OVSegModel
 from .pipeline_ovseg import TASK, ZeroShotImageSegmentationPipeline
-from .processing_ovseg import OVSegProcessor
+from .processing_ovseg import OVSegProcessor, first_line
 
 logger = logging.getLogger(__name__)
 
@@ -324,10 +324,9 @@ def read_upsampler_checkpoint(path: str | Path, trust_pickle: bool = False) -> t
         checkpoint = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as error:  # an UnpicklingError names the global it would need
         if not trust_pickle:
-            reason = str(error).splitlines()[0][:200] if str(error) else error.__class__.__name__
             raise ConversionError(
-                f"{path.name} holds more than tensors and cannot be read safely ({reason}); loading it in full "
-                "runs code from the file. If you trust it, pass --trust-pickle"
+                f"{path.name} holds more than tensors and cannot be read safely ({first_line(error, 200)}); "
+                "loading it in full runs code from the file. If you trust it, pass --trust-pickle"
             ) from None
         try:
             checkpoint = torch.load(path, map_location="cpu", weights_only=False)

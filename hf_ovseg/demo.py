@@ -1,9 +1,11 @@
 """``hf-ovseg demo``: a Gradio web app around one pipeline (optional extra ``demo``).
 
-A Hugging Face Space's ``app.py`` is two lines::
+A Hugging Face Space's ``app.py`` (as in the README)::
 
     from hf_ovseg import load_pipeline
-    from hf_ovseg.demo import build_demo; build_demo(load_pipeline("your-name/ovseg-clip-vit-b16")).launch()
+    from hf_ovseg.demo import build_demo
+
+    build_demo(load_pipeline("your-name/ovseg-clip-vit-b16")).launch()
 
 The page takes an image (upload, paste, webcam or an example) and a class list with the CLI's grammar
 (commas between classes, ``|`` between synonyms), a method and its main knobs; it shows the overlay with its
@@ -26,7 +28,7 @@ from PIL import Image
 
 from .bulk import class_shares
 from .configuration_ovseg import METHOD_PRESETS, preset_values
-from .processing_ovseg import load_image, parse_labels
+from .processing_ovseg import first_line, load_image, parse_labels
 from .visualize import label_map_image, overlay_image
 
 logger = logging.getLogger(__name__)
@@ -127,7 +129,7 @@ def build_demo(pipe: Any, concurrency: int = 2, max_queue: int = 32) -> Any:
                 raise gr.Error(str(error), print_exception=False) from None
             except Exception as error:  # an unexpected failure: a short message in the page, details in the log
                 logger.exception("demo request failed")
-                raise gr.Error(f"Segmentation failed: {str(error).splitlines()[0] if str(error) else error}") from None
+                raise gr.Error(f"Segmentation failed: {first_line(error)}") from None
 
         return run
 

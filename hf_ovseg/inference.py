@@ -27,9 +27,13 @@ from .postprocess import area_keep_mask
 PATCH_PADDINGS = ("center", "none")
 
 
-def axis_windows(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
-    """mmseg's windows ``(start, end)`` along one axis: every ``stride``, the last one shifted back to end at
-    the border, clipped to ``length`` when it is shorter than ``crop`` (SCLIP clip_segmentor.py:96-108)."""
+def check_patch_padding(patch_padding: str) -> None:
+    if patch_padding not in PATCH_PADDINGS:
+        raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
+
+
+def check_windows(crop: int, stride: int) -> None:
+    """Raise ``ValueError`` unless ``crop`` and ``stride`` are positive and the windows cover every pixel."""
     if crop <= 0 or stride <= 0:
         raise ValueError(f"crop_size and stride must be positive, got {crop} and {stride}")
     if stride > crop:
@@ -37,6 +41,12 @@ def axis_windows(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
             f"stride {stride} is larger than crop_size {crop}: the windows would leave pixels uncovered; "
             f"use a stride of at most {crop}"
         )
+
+
+def axis_windows(length: int, crop: int, stride: int) -> list[tuple[int, int]]:
+    """mmseg's windows ``(start, end)`` along one axis: every ``stride``, the last one shifted back to end at
+    the border, clipped to ``length`` when it is shorter than ``crop`` (SCLIP clip_segmentor.py:96-108)."""
+    check_windows(crop, stride)
     count = max(length - crop + stride - 1, 0) // stride + 1
     ends = [min(index * stride + crop, length) for index in range(count)]
     return [(max(end - crop, 0), end) for end in ends]
@@ -62,15 +72,9 @@ def crop_logits(
     forward: Callable[[torch.Tensor], torch.Tensor], crops: torch.Tensor, patch_size: int, patch_padding: str
 ) -> torch.Tensor:
     """Logits of same-sized crops at their pixel size: [b, 3, h, w] -> [b, Q, h, w] float32 (bilinear
-    upsampling of the model's patch logits; see ``PATCH_PADDINGS`` for sides that are not patch multiples)."""
+    upsampling of the model's patch logits; see ``PATCH_PADDINGS`` for sides that are not patch multiples;
+    ``run_windows`` has checked ``patch_padding``)."""
     height, width = crops.shape[-2:]
-    if patch_padding == "center":
-        pad_h, pad_w = round_up(height, patch_size) - height, round_up(width, patch_size) - width
-        top, left = pad_h // 2, pad_w // 2
-        padded = F.pad(crops, (left, pad_w - left, top, pad_h - top)) if pad_h or pad_w else crops
-        logits = forward(padded).float()
-        logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
-        return logits[..., top : top + height, left : left + width]
     if patch_padding == "none":
         rows, cols = height // patch_size, width // patch_size
         if rows == 0 or cols == 0:
@@ -80,7 +84,12 @@ def crop_logits(
             )
         logits = forward(crops[..., : rows * patch_size, : cols * patch_size]).float()
         return F.interpolate(logits, size=(height, width), mode="bilinear", align_corners=False)
-    raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
+    pad_h, pad_w = round_up(height, patch_size) - height, round_up(width, patch_size) - width
+    top, left = pad_h // 2, pad_w // 2
+    padded = F.pad(crops, (left, pad_w - left, top, pad_h - top)) if pad_h or pad_w else crops
+    logits = forward(padded).float()
+    logits = F.interpolate(logits, size=padded.shape[-2:], mode="bilinear", align_corners=False)
+    return logits[..., top : top + height, left : left + width]
 
 
 @dataclass
@@ -136,8 +145,7 @@ def run_windows(
     images sharing forward batches of ``batch_size`` (crops of one shape per batch). Images are pulled from
     ``stitchers`` only when a batch needs their crops, so memory stays bounded. A crop's logits do not depend
     on the batch it is in, so the result equals running the images one at a time."""
-    if patch_padding not in PATCH_PADDINGS:
-        raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
+    check_patch_padding(patch_padding)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")
     pending: deque[tuple[Any, Stitcher]] = deque()  # images whose crops are queued, in input order

@@ -26,7 +26,7 @@ from PIL import Image
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
-from .inference import PATCH_PADDINGS, Stitcher, predict_labels, resize_bilinear, run_windows
+from .inference import Stitcher, check_patch_padding, check_windows, predict_labels, resize_bilinear, run_windows
 from .postprocess import pamr
 from .processing_ovseg import DEFAULT_LONG_SIDE, LabelSet, check_templates, load_image, parse_labels
 
@@ -59,21 +59,14 @@ def _check_size(name: str, value: Any, allow_none: bool = True) -> None:
 
 def check_call_arguments(kwargs: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the first bad protocol argument, before any work is done."""
-    for name in ("short_side", "long_side", "crop_size"):
+    for name in ("short_side", "long_side", "crop_size", "stride"):
         _check_size(name, kwargs.get(name))
-    _check_size("stride", kwargs.get("stride"))
     if "crop_batch_size" in kwargs:
         _check_size("batch_size", kwargs["crop_batch_size"], allow_none=False)
     crop, stride = kwargs.get("crop_size", 224), kwargs.get("stride")
-    if crop is not None and stride is not None and stride > crop:
-        raise ValueError(
-            f"stride {stride} is larger than crop_size {crop}: the windows would leave pixels uncovered; "
-            f"use a stride of at most {crop}"
-        )
-    if kwargs.get("patch_padding", "center") not in PATCH_PADDINGS:
-        raise ValueError(
-            f"unknown patch_padding {kwargs['patch_padding']!r}; valid values: {', '.join(PATCH_PADDINGS)}"
-        )
+    if crop is not None and stride is not None:
+        check_windows(crop, stride)
+    check_patch_padding(kwargs.get("patch_padding", "center"))
     if kwargs.get("refine") not in (None, *REFINEMENTS):
         raise ValueError(f"unknown refine {kwargs['refine']!r}; valid values: None, {', '.join(REFINEMENTS)}")
     for name in ("background_threshold", "area_threshold"):
@@ -148,10 +141,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             raise ValueError("candidate_labels is required, e.g. candidate_labels=['road', 'tree', 'sky']")
         if "batch_size" in kwargs:  # crops per forward; images are processed one at a time
             kwargs["crop_batch_size"] = kwargs.pop("batch_size")
-        if isinstance(candidate_labels, LabelSet):
-            labels = candidate_labels  # already parsed (e.g. an anchor's class file, parse_labels(strict=False))
-        else:
-            labels = parse_labels(candidate_labels, tokenizer=self.processor.tokenizer)
+        labels = self.label_set(candidate_labels)
         if isinstance(images, (list, tuple)):
             return [
                 super(ZeroShotImageSegmentationPipeline, self).__call__(im, labels=labels, **kwargs) for im in images
@@ -175,16 +165,19 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             forward["labels"] = labels
         return preprocess, forward, postprocess
 
+    def label_set(self, candidate_labels: Any) -> LabelSet:
+        """``candidate_labels`` parsed with this model's tokenizer (see ``parse_labels``); a [`LabelSet`] is used
+        as it is (already parsed, e.g. an anchor's class file with ``parse_labels(strict=False)``)."""
+        if isinstance(candidate_labels, LabelSet):
+            return candidate_labels
+        return parse_labels(candidate_labels, tokenizer=self.processor.tokenizer)
+
     def prepare(self, candidate_labels: Any, **kwargs: Any) -> tuple[dict[str, Any], CallSettings]:
         """Resolve call arguments once for many images (what ``__call__`` does per image): the resize
         arguments of ``preprocess`` and the [`CallSettings`] of ``call_settings``."""
         if "batch_size" in kwargs:
             kwargs["crop_batch_size"] = kwargs.pop("batch_size")
-        if isinstance(candidate_labels, LabelSet):
-            labels = candidate_labels
-        else:
-            labels = parse_labels(candidate_labels, tokenizer=self.processor.tokenizer)
-        preprocess, forward, _ = self._sanitize_parameters(labels=labels, **kwargs)
+        preprocess, forward, _ = self._sanitize_parameters(labels=self.label_set(candidate_labels), **kwargs)
         return {"short_side": 448, "long_side": DEFAULT_LONG_SIDE, **preprocess}, self.call_settings(**forward)
 
     def preprocess(

@@ -222,7 +222,7 @@ def open_image_file(source: str | os.PathLike) -> Image.Image:
     except UnidentifiedImageError:
         raise ValueError(f"{source} is not an image file (no image format recognises it)") from None
     except (OSError, SyntaxError) as error:
-        raise ValueError(f"{source} is truncated or corrupted ({_reason(error)})") from None
+        raise ValueError(f"{source} is truncated or corrupted ({first_line(error)})") from None
 
 
 def upright(image: Image.Image) -> Image.Image:
@@ -230,8 +230,9 @@ def upright(image: Image.Image) -> Image.Image:
     return ImageOps.exif_transpose(image) if image.getexif().get(0x0112, 1) != 1 else image
 
 
-def _reason(error: BaseException) -> str:
-    return str(error).splitlines()[0] if str(error) else error.__class__.__name__
+def first_line(error: BaseException, max_chars: int | None = None) -> str:
+    """An error's message cut to its first line (and to ``max_chars``), or its class name when it has none."""
+    return str(error).splitlines()[0][:max_chars] if str(error) else error.__class__.__name__
 
 
 def load_image(image: Any) -> Image.Image:
@@ -249,7 +250,7 @@ def load_image(image: Any) -> Image.Image:
                 opened.load()
                 return to_rgb(upright(opened))
             except (OSError, SyntaxError, ValueError) as error:
-                raise ValueError(f"{source} is truncated or corrupted ({_reason(error)})") from None
+                raise ValueError(f"{source} is truncated or corrupted ({first_line(error)})") from None
     if isinstance(image, Image.Image):
         return to_rgb(upright(image))
     if isinstance(image, np.ndarray):
@@ -355,6 +356,15 @@ def resize_array(array: np.ndarray, size: tuple[int, int], rows_per_chunk: int =
     return out
 
 
+def resized_pixels(
+    photo: np.ndarray, short_side: int | None, long_side: int | None = DEFAULT_LONG_SIDE
+) -> torch.Tensor:
+    """An [H, W, 3] uint8 photo resized as the anchors do ([`rescale_size`], then [`resize_array`]):
+    -> [1, 3, h, w] uint8 pixels (a copy of their own)."""
+    size = rescale_size(photo.shape[0], photo.shape[1], short_side, long_side)
+    return torch.from_numpy(np.array(resize_array(photo, size))).permute(2, 0, 1)[None]
+
+
 class TextEmbeddingCache:
     """A thread-safe LRU cache of text embeddings, bounded to ``max_entries`` label sets (least recently used
     first out). Two threads asking for the same missing key may both compute it; the entries never mix."""
@@ -442,7 +452,7 @@ class DiskTextCache:
                 tensor = entry.get_tensor("embeddings")
             intact = metadata.get("key") == key and metadata.get("sha256") == _tensor_digest(tensor)
         except Exception as error:  # safetensors raises its own errors for a damaged file
-            logger.warning("text cache entry %s cannot be read (%s): recomputing it", path, _reason(error))
+            logger.warning("text cache entry %s cannot be read (%s): recomputing it", path, first_line(error))
             return None
         if not intact:
             logger.warning("text cache entry %s is corrupted (checksum mismatch): recomputing it", path)
@@ -459,7 +469,7 @@ class DiskTextCache:
             save_file({"embeddings": tensor}, partial, metadata={"key": key, "sha256": _tensor_digest(tensor)})
             os.replace(partial, self.path(key))
         except OSError as error:  # a read-only cache folder only costs the text tower next time
-            logger.warning("cannot write the text cache in %s (%s)", self.folder, _reason(error))
+            logger.warning("cannot write the text cache in %s (%s)", self.folder, first_line(error))
 
 
 def _tensor_digest(tensor: torch.Tensor) -> str:
@@ -504,9 +514,7 @@ class OVSegProcessor(ProcessorMixin):
     ) -> torch.Tensor:
         """[1, 3, H, W] uint8 pixels resized as the anchors do: [`rescale_size`] (short side ``short_side``,
         long side at most ``long_side``) and [`resize_array`] (bilinear, no antialiasing)."""
-        array = np.asarray(image, dtype=np.uint8)
-        array = resize_array(array, rescale_size(image.height, image.width, short_side, long_side))
-        return torch.from_numpy(np.array(array)).permute(2, 0, 1)[None]  # a writable copy
+        return resized_pixels(np.asarray(image, dtype=np.uint8), short_side, long_side)
 
     def normalize(self, pixels: torch.Tensor) -> torch.Tensor:
         """uint8 [B, 3, H, W] -> CLIP-normalised float32, on the pixels' device."""
@@ -584,8 +592,10 @@ __all__ = [
     "SYNONYM_SEPARATOR",
     "TextEmbeddingCache",
     "check_templates",
+    "first_line",
     "rescale_size",
     "resize_array",
+    "resized_pixels",
     "LabelSet",
     "OVSegProcessor",
     "load_image",

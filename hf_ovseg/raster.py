@@ -134,8 +134,7 @@ def read_rgb(dataset: Any, raster: Raster, window: Any = None, out_shape: tuple[
 
     shape = None if out_shape is None else (3, *out_shape)
     data = dataset.read(raster.bands, window=window, out_shape=shape, resampling=Resampling.bilinear)
-    mask_shape = None if out_shape is None else out_shape
-    valid = dataset.dataset_mask(window=window, out_shape=mask_shape, resampling=Resampling.nearest) > 0
+    valid = dataset.dataset_mask(window=window, out_shape=out_shape, resampling=Resampling.nearest) > 0
     if raster.stretch is None:
         rgb = data.astype(np.uint8)
     else:

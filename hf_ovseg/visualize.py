@@ -155,25 +155,24 @@ def overlay_image(
         blended.paste(photo.convert("RGB"), mask=nodata)
     font_size = max(12, min(32, photo.height // 30))
     line = int(font_size * 1.6)
-    shown = sorted((share, name) for name, share in fractions.items() if round(share * 100, 1) > 0)
-    shown = [(name, share) for share, name in reversed(shown)][:LEGEND_ROWS]
-    hidden = sum(1 for share in fractions.values() if round(share * 100, 1) > 0) - len(shown)
-    rows = [(name, f"  {share:.1%}") for name, share in shown] + ([("", f"+{hidden} more")] if hidden else [])
+    visible = sorted(((share, name) for name, share in fractions.items() if round(share * 100, 1) > 0), reverse=True)
+    shown = visible[:LEGEND_ROWS]
+    hidden = len(visible) - len(shown)
+    rows = [(name, f"  {share:.1%}") for share, name in shown] + ([("", f"+{hidden} more")] if hidden else [])
     column = max(160, photo.width // 3)
     text_width = column - 2 * line
     fonts = [font_for(name + share, font_size) for name, share in rows]
-    widths = [font.getlength(fit_text(name, font, text_width - font.getlength(share)) + share)
-              for (name, share), font in zip(rows, fonts, strict=True)]  # fmt: skip
-    width = int(min(column, max(widths, default=0) + 2 * line))
+    texts = [fit_text(name, font, text_width - font.getlength(share)) + share if name else share
+             for (name, share), font in zip(rows, fonts, strict=True)]  # fmt: skip
+    width = int(min(column, max((f.getlength(t) for t, f in zip(texts, fonts, strict=True)), default=0) + 2 * line))
     canvas = Image.new("RGB", (photo.width + width, max(photo.height, line * (len(rows) + 1))), "white")
     canvas.paste(blended, (0, 0))
     draw = ImageDraw.Draw(canvas)
-    for row, ((name, share), font) in enumerate(zip(rows, fonts, strict=True)):
+    for row, ((name, _), font, text) in enumerate(zip(rows, fonts, texts, strict=True)):
         top, left = line // 2 + row * line, photo.width + line // 2
         if name:
             color = tuple(int(c) for c in colors[labels.index(name)])
             draw.rectangle([left, top, left + line - 6, top + line - 6], fill=color)
-        text = fit_text(name, font, text_width - font.getlength(share)) + share if name else share
         draw.text((left + line + 4, top), text, fill="black", font=font)
     return canvas
 

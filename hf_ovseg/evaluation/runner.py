@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..processing_ovseg import parse_labels, rescale_size, resize_array
+from ..processing_ovseg import parse_labels, resized_pixels
 from .benchmarks import BenchmarkDataset
 from .ovseg_miou.ovseg_miou import confusion_matrix, metrics_from_confusion
 
@@ -55,8 +55,7 @@ class BenchmarkImages(torch.utils.data.Dataset):
     def __getitem__(self, position: int):
         item = self.bench[self.indices[position]]
         photo = np.asarray(item["image"], dtype=np.uint8)
-        size = rescale_size(photo.shape[0], photo.shape[1], self.short_side, self.long_side)
-        pixels = torch.from_numpy(np.array(resize_array(photo, size))).permute(2, 0, 1)[None]
+        pixels = resized_pixels(photo, self.short_side, self.long_side)
         return self.indices[position], pixels, photo.shape[:2], item["mask"]
 
 
