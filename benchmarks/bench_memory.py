@@ -26,13 +26,9 @@ import time
 from pathlib import Path
 
 import numpy as np
-import torch
 from PIL import Image
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from hf_ovseg import TASK, OVSegModel, OVSegProcessor, ZeroShotImageSegmentationPipeline
-from hf_ovseg.convert import ARCHS
-from hf_ovseg.tokenizer_files import build_clip_tokenizer
+from random_vit import vit_b16_pipeline
 
 
 def reset_peak() -> None:
@@ -52,18 +48,9 @@ def current_rss_mb() -> float:
         return int(statm.read().split()[1]) * resource.getpagesize() / 2**20
 
 
-def vit_b16(method: str, feature_upsampler: str | None = None) -> ZeroShotImageSegmentationPipeline:
-    torch.manual_seed(0)
-    config = ARCHS["ViT-B-16"].config(method)
-    config.feature_upsampler = feature_upsampler
-    model = OVSegModel(config).eval()
-    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
-    return ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device="cpu")
-
-
 def photo_memory(args: argparse.Namespace) -> None:
     method = "segearth" if args.feature_upsampler else "seed"
-    pipe = vit_b16(method, "jbu_one" if args.feature_upsampler else None)
+    pipe = vit_b16_pipeline(method, feature_upsampler="jbu_one" if args.feature_upsampler else None)
     labels = [f"class {i}" for i in range(args.labels)]
     pipe(np.zeros((64, 64, 3), np.uint8), candidate_labels=labels)  # text embeddings cached, allocator warm
     # A smooth synthetic photo (gradients), so that classes can appear in large regions.
@@ -125,7 +112,7 @@ def raster_memory(args: argparse.Namespace) -> None:
         start = time.perf_counter()
         write_orthophoto(raster, args.width, args.height)
         print(f"wrote a {args.width}x{args.height} RGB GeoTIFF in {time.perf_counter() - start:.0f} s")
-        vit_b16("seed").save_pretrained(tmp / "model")
+        vit_b16_pipeline("seed").save_pretrained(tmp / "model")
         command = [sys.executable, "-c", SEGMENT_AND_REPORT_PEAK, "segment", str(raster), "--model", str(tmp / "model"),
                    "--labels", ",".join(f"class {i}" for i in range(args.labels)), "--out", str(tmp / "out"),
                    "--short-side", args.short_side, "--stride", str(args.stride), "--no-text-cache"]  # fmt: skip

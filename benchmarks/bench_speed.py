@@ -30,13 +30,11 @@ import numpy as np
 import torch
 from PIL import Image
 from transformers import CLIPVisionModel
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from hf_ovseg import TASK, OVSegModel, OVSegProcessor, ZeroShotImageSegmentationPipeline
-from hf_ovseg.convert import ARCHS
 from hf_ovseg.evaluation.benchmarks import VOC_NAMES
 from hf_ovseg.inference import batched, window_boxes
-from hf_ovseg.tokenizer_files import build_clip_tokenizer
+
+from random_vit import vit_b16_pipeline
 
 VOC21 = list(VOC_NAMES)
 HEIGHT, WIDTH, CROP, STRIDE, BATCH = 448, 672, 224, 112, 8
@@ -74,14 +72,11 @@ def peak_memory_mb(device: torch.device) -> float:
 
 
 def bench(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    model = OVSegModel(ARCHS["ViT-B-16"].config("seed")).to(device=device, dtype=dtype).eval()
-    floor_model = CLIPVisionModel(model.config.vision_config).to(device=device, dtype=dtype).eval()
-    floor_model.load_state_dict(model.vision_model.state_dict())
-    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
-    pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device=device)
+    pipe = vit_b16_pipeline("seed", device, dtype)
+    floor_model = CLIPVisionModel(pipe.model.config.vision_config).to(device=device, dtype=dtype).eval()
+    floor_model.load_state_dict(pipe.model.vision_model.state_dict())
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
-    pixels = processor.preprocess_image(photo, HEIGHT).to(device=device, dtype=dtype)
+    pixels = pipe.processor.preprocess_image(photo, HEIGHT).to(device=device, dtype=dtype)
     boxes = window_boxes(HEIGHT, WIDTH, CROP, STRIDE)
 
     def floor() -> None:
@@ -103,12 +98,7 @@ def bench(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, f
 
 
 def bench_upsampler(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, float]:
-    torch.manual_seed(0)
-    config = ARCHS["ViT-B-16"].config("segearth")
-    config.feature_upsampler = "jbu_one"
-    model = OVSegModel(config).to(device=device, dtype=dtype).eval()
-    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
-    pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device=device)
+    pipe = vit_b16_pipeline("segearth", device, dtype, feature_upsampler="jbu_one")
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
 
     def run(upsampling: bool):

@@ -25,14 +25,12 @@ from pathlib import Path
 import numpy as np
 import torch
 from PIL import Image
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from hf_ovseg import TASK, OVSegModel, OVSegProcessor, ZeroShotImageSegmentationPipeline
 from hf_ovseg.bulk import class_shares, find_inputs, outputs_of, segment_jobs, write_image_outputs
-from hf_ovseg.convert import ARCHS
 from hf_ovseg.evaluation.benchmarks import VOC_NAMES
 from hf_ovseg.processing_ovseg import load_image
-from hf_ovseg.tokenizer_files import build_clip_tokenizer
+
+from random_vit import vit_b16_pipeline
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
 
@@ -60,10 +58,7 @@ def main() -> None:
 
     workers = default_workers() if args.workers is None else args.workers
     device, dtype = torch.device(args.device), getattr(torch, args.dtype)
-    torch.manual_seed(0)
-    model = OVSegModel(ARCHS["ViT-B-16"].config("seed")).to(device=device, dtype=dtype).eval()
-    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
-    pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device=device)
+    pipe = vit_b16_pipeline("seed", device, dtype)
     labels = list(VOC_NAMES)
     options = {"short_side": 448, "crop_size": 224, "stride": 112, "batch_size": args.batch_size}
     resize, call = pipe.prepare(labels, **options)

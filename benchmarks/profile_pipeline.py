@@ -13,11 +13,8 @@ import time
 import numpy as np
 import torch
 from PIL import Image
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
-from hf_ovseg import TASK, OVSegModel, OVSegProcessor, ZeroShotImageSegmentationPipeline
-from hf_ovseg.convert import ARCHS
-from hf_ovseg.tokenizer_files import build_clip_tokenizer
+from random_vit import vit_b16_pipeline
 
 
 def main() -> None:
@@ -28,10 +25,7 @@ def main() -> None:
     parser.add_argument("--calls", type=int, default=10)
     parser.add_argument("--rows", type=int, default=30)
     args = parser.parse_args()
-    torch.manual_seed(0)
-    model = OVSegModel(ARCHS["ViT-B-16"].config(args.method)).to(args.device, getattr(torch, args.dtype)).eval()
-    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
-    pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device=model.device)
+    pipe = vit_b16_pipeline(args.method, args.device, getattr(torch, args.dtype))
     image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (448, 672, 3), dtype=np.uint8))
     labels = [f"class {i}" for i in range(21)]
     pipe(image, candidate_labels=labels)
