@@ -10,11 +10,11 @@ from transformers import CLIPConfig
 from transformers.utils import logging
 
 from .modules import ATTENTION_MODES, GLOBAL_DEBIAS_MODES, SIMILARITY_MODES
+from .upsampler import FEATURE_UPSAMPLERS
 
 POSITION_INTERPOLATIONS = ("scale_factor", "size")
 ENCODER_VARIANTS = ("clip", "maskclip")
 OUTLIER_SCORE_LAYERS = ("last", "penultimate")
-FEATURE_UPSAMPLERS = ("jbu_one", "jbu_stack")
 
 logger = logging.get_logger(__name__)
 

@@ -17,6 +17,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+#: The upsamplers SegEarth-OV ships (upsamplers.py ``get_upsampler``) that this file implements.
+FEATURE_UPSAMPLERS = ("jbu_one", "jbu_stack")
+
 #: Elements per chunk of rows in ``adaptive_conv`` (4 MB in float32: the output chunk stays in cache while every
 #: tap is added to it) and in the range kernel's dot products (512 KB temporaries, cheap to allocate): both are
 #: several times faster on CPU than passes over the whole image, with the same sums.
@@ -140,9 +143,9 @@ class JBUUpsampler(nn.Module):
 
 def build_feature_upsampler(name: str, feat_dim: int) -> JBUUpsampler:
     """``"jbu_one"`` or ``"jbu_stack"`` for ``feat_dim``-channel features (upsamplers.py:353-369)."""
-    if name not in ("jbu_one", "jbu_stack"):
-        raise ValueError(f"unknown feature upsampler {name!r}; valid: jbu_one, jbu_stack")
+    if name not in FEATURE_UPSAMPLERS:
+        raise ValueError(f"unknown feature upsampler {name!r}; valid: {', '.join(FEATURE_UPSAMPLERS)}")
     return JBUUpsampler(feat_dim, shared=name == "jbu_one")
 
 
-__all__ = ["JBULearnedRange", "JBUUpsampler", "adaptive_conv", "build_feature_upsampler"]
+__all__ = ["FEATURE_UPSAMPLERS", "JBULearnedRange", "JBUUpsampler", "adaptive_conv", "build_feature_upsampler"]
