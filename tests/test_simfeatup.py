@@ -8,6 +8,7 @@ from __future__ import annotations
 import json
 import logging
 
+import numpy as np
 import pytest
 import torch
 
@@ -103,10 +104,15 @@ def test_forward_upsamples_crop_by_crop():
 
 
 def test_pipeline_segments_with_simfeatup(fixtures):
+    """The pipeline runs the upsampler (the probabilities change when it is turned off) at the photo's size; its
+    output against SegEarth-OV's code, end to end, is tested in test_anchor_parity."""
     pipe = tiny_pipeline("segearth", feature_upsampler="jbu_one")
     photo = str(fixtures / "voc" / "JPEGImages" / "2011_000003.jpg")
-    out = pipe(photo, candidate_labels=["person", "bottle", "wall"], short_side=64, crop_size=32, return_label_map=True)
-    assert out["label_map"].shape == (338, 500)
+    call = {"candidate_labels": ["person", "bottle", "wall"], "short_side": 64, "crop_size": 32,
+            "return_probabilities": True}  # fmt: skip
+    upsampled, plain = pipe(photo, **call), pipe(photo, feature_upsampling=False, **call)
+    assert upsampled["label_map"].shape == (338, 500) and upsampled["probabilities"].shape == (3, 338, 500)
+    assert np.abs(np.asarray(upsampled["probabilities"]) - np.asarray(plain["probabilities"])).max() > 1e-3
 
 
 def test_pickled_checkpoint_needs_trust(tiny_folder, tmp_path, capsys):
