@@ -76,7 +76,7 @@ def bench(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, f
     floor_model = CLIPVisionModel(pipe.model.config.vision_config).to(device=device, dtype=dtype).eval()
     floor_model.load_state_dict(pipe.model.vision_model.state_dict())
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (HEIGHT, WIDTH, 3), dtype=np.uint8))
-    pixels = pipe.processor.preprocess_image(photo, HEIGHT).to(device=device, dtype=dtype)
+    pixels = pipe.processor.image_processor(photo, short_side=HEIGHT)["pixel_values"].to(device=device, dtype=dtype)
     boxes = window_boxes(HEIGHT, WIDTH, CROP, STRIDE)
 
     def floor() -> None:

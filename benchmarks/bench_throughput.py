@@ -28,7 +28,7 @@ from PIL import Image
 
 from hf_ovseg.bulk import class_shares, find_inputs, outputs_of, segment_jobs, write_image_outputs
 from hf_ovseg.evaluation.benchmarks import VOC_NAMES
-from hf_ovseg.processing_ovseg import load_image
+from hf_ovseg.image_processing_ovseg import load_image
 
 from random_vit import vit_b16_pipeline
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 import numpy as np
 import torch
 from PIL import Image
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from hf_ovseg import METHOD_PRESETS, TASK, OVSegConfig, OVSegModel, OVSegProcessor, ZeroShotImageSegmentationPipeline
+from hf_ovseg.image_processing_ovseg import OVSegImageProcessor
 from hf_ovseg.tokenizer_files import build_clip_tokenizer
 
 
@@ -29,7 +29,7 @@ def main() -> None:
     }
     text = {"hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 2, "num_attention_heads": 4}
     model = OVSegModel(OVSegConfig(vision_config=vision, text_config=text, projection_dim=32)).eval()
-    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer(), templates=["a photo of a {}."])
+    processor = OVSegProcessor(OVSegImageProcessor(), build_clip_tokenizer(), templates=["a photo of a {}."])
     photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (300, 420, 3), dtype=np.uint8))
     labels = ["road", "sky,clouds", "tree", "car"]
     cpu = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device="cpu")

@@ -4,10 +4,10 @@ the values; no real weights exist on the machines these run on)."""
 from __future__ import annotations
 
 import torch
-from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
 from hf_ovseg import TASK, OVSegModel, OVSegProcessor, ZeroShotImageSegmentationPipeline
 from hf_ovseg.convert import ARCHS
+from hf_ovseg.image_processing_ovseg import OVSegImageProcessor
 from hf_ovseg.tokenizer_files import build_clip_tokenizer
 
 
@@ -23,5 +23,5 @@ def vit_b16_pipeline(
     config = ARCHS["ViT-B-16"].config(method)
     config.feature_upsampler = feature_upsampler
     model = OVSegModel(config).to(device=device, dtype=dtype).eval()
-    processor = OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer())
+    processor = OVSegProcessor(OVSegImageProcessor(), build_clip_tokenizer())
     return ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device=device)

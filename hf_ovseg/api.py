@@ -11,9 +11,11 @@ from typing import Any
 
 import torch
 
+from .errors import first_line
+from .image_processing_ovseg import OVSegImageProcessor
 from .modeling_ovseg import OVSegModel
 from .pipeline_ovseg import TASK, ZeroShotImageSegmentationPipeline
-from .processing_ovseg import OVSegProcessor, first_line
+from .processing_ovseg import OVSegProcessor
 
 DEFAULT_MODEL = "openai/clip-vit-base-patch16"
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
@@ -141,15 +143,12 @@ def load_model_and_processor(
         try:
             processor = OVSegProcessor.from_pretrained(model)
         except (OSError, ValueError, TypeError, KeyError):
-            from transformers import AutoTokenizer
-            from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+            from transformers import AutoImageProcessor, AutoTokenizer
 
             try:
-                from transformers import AutoImageProcessor
-
                 image_processor = AutoImageProcessor.from_pretrained(model)
             except (OSError, ValueError):
-                image_processor = CLIPImageProcessorPil()  # CLIP's mean and std
+                image_processor = OVSegImageProcessor()  # CLIP's mean and std
             processor = OVSegProcessor(image_processor, AutoTokenizer.from_pretrained(model))
     except OSError as error:
         raise _unreachable(model, error) from None

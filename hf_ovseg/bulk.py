@@ -29,8 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .errors import first_line
+from .image_processing_ovseg import load_image, open_image_file, resized_pixels
 from .inference import Stitcher, run_windows
-from .processing_ovseg import first_line, load_image, open_image_file, resized_pixels
 
 logger = logging.getLogger(__name__)
 
@@ -266,7 +267,7 @@ def segment_jobs(
             if error is not None:
                 failures.append({"index": index, "input": job.source, "error": error})
                 continue
-            image = pipe.processor.normalize(pixels.to(device))
+            image = pipe.processor.image_processor.normalize_pixels(pixels.to(device))
             yield (index, job, photo, image), Stitcher.windows(image, call.crop_size, call.stride)
 
     windows = run_windows(call.forward, stitchers(), call.patch_size, call.batch_size, call.padding)

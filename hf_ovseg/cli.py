@@ -14,7 +14,7 @@ from typing import Any
 
 from .api import DEFAULT_MODEL, DTYPES, resolve_device, resolve_dtype
 from .configuration_ovseg import METHOD_PRESETS
-from .processing_ovseg import first_line
+from .errors import first_line
 
 logger = logging.getLogger("hf_ovseg")
 
@@ -33,7 +33,7 @@ class OneLineParser(argparse.ArgumentParser):
 def read_labels(labels: str | None, labels_file: str | None) -> list[str]:
     """Classes from ``--labels "a,b,c"`` (one class per comma) or ``--labels-file`` (one class per line,
     synonyms comma-separated)."""
-    from .processing_ovseg import parse_labels
+    from .labels import parse_labels
 
     if (labels is None) == (labels_file is None):
         raise CLIError("give the classes with exactly one of --labels or --labels-file")
@@ -175,7 +175,7 @@ def segment(args: argparse.Namespace) -> int:
     from .api import load_pipeline
     from .bulk import check_inputs, check_output_dir, find_inputs, segment_jobs, write_summary
     from .pipeline_ovseg import check_call_arguments
-    from .processing_ovseg import DiskTextCache
+    from .text_cache import DiskTextCache
     from .visualize import label_map_format
 
     # Every check that does not need the model runs first: nothing is loaded or written for a bad input.

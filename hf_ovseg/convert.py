@@ -20,9 +20,10 @@ from typing import Any
 import torch
 
 from .configuration_ovseg import OVSegConfig
+from .errors import first_line
 from .modeling_ovseg import OVSegModel
 from .pipeline_ovseg import TASK, ZeroShotImageSegmentationPipeline
-from .processing_ovseg import OVSegProcessor, first_line
+from .processing_ovseg import OVSegProcessor
 
 logger = logging.getLogger(__name__)
 
@@ -374,15 +375,12 @@ def embed_feature_upsampler(model: OVSegModel, kind: str, tensors: dict[str, tor
 
 def build_processor(arch: ClipArch, tokenizer: str | None = None, bpe_path: str | None = None) -> OVSegProcessor:
     from transformers import AutoTokenizer
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
 
+    from .image_processing_ovseg import OVSegImageProcessor
     from .tokenizer_files import build_clip_tokenizer
 
-    image_processor = CLIPImageProcessorPil(
-        size={"shortest_edge": arch.image_size}, crop_size={"height": arch.image_size, "width": arch.image_size}
-    )
     text = AutoTokenizer.from_pretrained(tokenizer) if tokenizer else build_clip_tokenizer(bpe_path)
-    return OVSegProcessor(image_processor, text)
+    return OVSegProcessor(OVSegImageProcessor(), text)  # CLIP's mean and std: every CLIP checkpoint's
 
 
 def template_path(name: str = "ovseg_model_card.md") -> Path:

@@ -28,7 +28,9 @@ from PIL import Image
 
 from .bulk import class_shares
 from .configuration_ovseg import METHOD_PRESETS, preset_values
-from .processing_ovseg import first_line, load_image, parse_labels
+from .errors import first_line
+from .image_processing_ovseg import load_image
+from .labels import parse_labels
 from .visualize import label_map_image, overlay_image
 
 logger = logging.getLogger(__name__)

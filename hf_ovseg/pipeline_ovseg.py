@@ -26,9 +26,11 @@ from PIL import Image
 from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
+from .image_processing_ovseg import load_image
 from .inference import Stitcher, check_patch_padding, check_windows, predict_labels, resize_bilinear, run_windows
+from .labels import LabelSet, parse_labels
 from .postprocess import pamr
-from .processing_ovseg import DEFAULT_LONG_SIDE, LabelSet, check_templates, load_image, parse_labels
+from .processing_ovseg import check_templates
 
 TASK = "zero-shot-image-segmentation"
 REFINEMENTS = ("pamr",)
@@ -102,9 +104,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
     Call arguments (all optional except ``candidate_labels``):
         candidate_labels: list of class names; ``"sky,clouds"`` (or ``"sky|clouds"``) makes synonyms of one
             class; names the CLIP tokenizer cannot tell apart are an error (see ``parse_labels``).
-        short_side (448) / long_side (2048): resize so the short side is ``short_side`` unless the long side
-            would exceed ``long_side`` (mmcv's keep-ratio rule, as every anchor); ``short_side=None`` keeps the
-            original size.
+        short_side / long_side (the image processor's: 448 / 2048): resize so the short side is ``short_side``
+            unless the long side would exceed ``long_side`` (mmcv's keep-ratio rule, as every anchor);
+            ``short_side=None`` keeps the original size.
         crop_size (224) / stride (``crop_size // 2``): sliding window (``stride <= crop_size``);
             ``crop_size=None`` runs the whole image at once.
         patch_padding ("center"): a window whose sides are not patch multiples is zero-padded on both sides
@@ -178,20 +180,21 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         if "batch_size" in kwargs:
             kwargs["crop_batch_size"] = kwargs.pop("batch_size")
         preprocess, forward, _ = self._sanitize_parameters(labels=self.label_set(candidate_labels), **kwargs)
-        return {"short_side": 448, "long_side": DEFAULT_LONG_SIDE, **preprocess}, self.call_settings(**forward)
+        short_side, long_side = self.processor.image_processor.resolve_sides(**preprocess)
+        return {"short_side": short_side, "long_side": long_side}, self.call_settings(**forward)
 
-    def preprocess(
-        self, image: Any, short_side: int | None = 448, long_side: int | None = DEFAULT_LONG_SIDE
-    ) -> dict[str, Any]:
+    def preprocess(self, image: Any, **sides: int | None) -> dict[str, Any]:
+        """Load (EXIF-rotated) and resize as the anchors do; ``short_side``/``long_side`` default to the image
+        processor's."""
         picture = load_image(image)
         return {
-            "pixels": self.processor.resize(picture, short_side, long_side),  # uint8: normalised on the device
+            "pixels": self.processor.image_processor.resize_image(picture, **sides),  # uint8: normalised on the device
             "original_size": (picture.height, picture.width),
         }
 
     def _forward(self, model_inputs: dict[str, Any], **params: Any) -> dict[str, Any]:
         call = self.call_settings(**params)
-        image = self.processor.normalize(model_inputs["pixels"])
+        image = self.processor.image_processor.normalize_pixels(model_inputs["pixels"])
         stitcher = Stitcher.windows(image, call.crop_size, call.stride)
         ((_, logits),) = run_windows(call.forward, [(None, stitcher)], call.patch_size, call.batch_size, call.padding)
         return self.finish(logits, image, model_inputs["original_size"], call)

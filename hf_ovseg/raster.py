@@ -29,9 +29,9 @@ from typing import Any
 import numpy as np
 import torch
 
+from .image_processing_ovseg import rescale_size, resize_array
 from .inference import Stitcher, area_counts, axis_windows, label_chunks, run_windows
 from .postprocess import area_keep_mask
-from .processing_ovseg import rescale_size, resize_array
 from .visualize import class_colors
 
 logger = logging.getLogger(__name__)
@@ -236,7 +236,8 @@ def _resized(pipe, call, dataset, raster, dst, counts, short_side, long_side) ->
     else:
         rgb, _ = read_rgb(dataset, raster, out_shape=size)
     device = next(pipe.model.parameters()).device
-    image = pipe.processor.normalize(torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(device))
+    pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(device)
+    image = pipe.processor.image_processor.normalize_pixels(pixels)
     stitcher = Stitcher.windows(image, call.crop_size, call.stride)
     ((_, logits),) = run_windows(call.forward, [(None, stitcher)], call.patch_size, call.batch_size, call.padding)
     native = (raster.height, raster.width)
@@ -281,7 +282,7 @@ def _native(pipe, call, dataset, raster, dst, counts, tile_size) -> None:
         y0, y1 = min(w[0] for w in hit_rows), max(w[1] for w in hit_rows)
         x0, x1 = min(w[0] for w in hit_cols), max(w[1] for w in hit_cols)
         rgb, valid = read_rgb(dataset, raster, window=Window(x0, y0, x1 - x0, y1 - y0))
-        image = pipe.processor.normalize(torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device))
+        image = pipe.processor.image_processor.normalize_pixels(torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device))
         boxes = [(t - y0, b - y0, l - x0, r - x0) for t, b in hit_rows for l, r in hit_cols]  # global order
         ((_, logits),) = run_windows(
             call.forward, [(None, Stitcher(image, boxes))], call.patch_size, call.batch_size, call.padding

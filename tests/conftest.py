@@ -51,12 +51,11 @@ TEMPLATES = ["a photo of a {}.", "itap of a {}."]
 
 
 def tiny_processor(templates=TEMPLATES):
-    from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
-
     from hf_ovseg import OVSegProcessor
+    from hf_ovseg.image_processing_ovseg import OVSegImageProcessor
     from hf_ovseg.tokenizer_files import build_clip_tokenizer
 
-    return OVSegProcessor(CLIPImageProcessorPil(), build_clip_tokenizer(), templates=templates)
+    return OVSegProcessor(OVSegImageProcessor(), build_clip_tokenizer(), templates=templates)
 
 
 def tiny_pipeline(method: str = "seed", **knobs):

@@ -19,7 +19,8 @@ from anchors import simfeatup as simfeatup_reference
 from hf_ovseg import TASK, OVSegConfig, OVSegModel, ZeroShotImageSegmentationPipeline
 from hf_ovseg.evaluation.benchmarks import CLASSES_DIR
 from hf_ovseg.evaluation.protocols import resolve_protocol
-from hf_ovseg.processing_ovseg import OPENAI_IMAGENET_TEMPLATES, parse_labels
+from hf_ovseg.labels import parse_labels
+from hf_ovseg.processing_ovseg import OPENAI_IMAGENET_TEMPLATES
 
 from conftest import tiny_processor
 

@@ -20,7 +20,8 @@ from PIL import Image, ImageFont
 from hf_ovseg.api import load_model_and_processor
 from hf_ovseg.cli import main
 from hf_ovseg.convert import ConversionError, convert
-from hf_ovseg.processing_ovseg import load_image, parse_labels
+from hf_ovseg.image_processing_ovseg import load_image
+from hf_ovseg.labels import parse_labels
 from hf_ovseg.visualize import LEGEND_ROWS, font_covers, font_for, overlay_image
 
 from conftest import tiny_pipeline, tiny_processor
@@ -108,9 +109,10 @@ def test_extreme_aspect_ratio_finishes_in_bounded_memory(tiny_folder, tmp_path, 
 
 
 def test_long_side_is_capped_like_the_anchors():
-    pixels = tiny_processor().resize(Image.new("RGB", (5000, 3)), 448)  # short 448 would make it 746,667 wide
+    image_processor = tiny_processor().image_processor
+    pixels = image_processor.resize_image(Image.new("RGB", (5000, 3)), short_side=448)  # uncapped: 746,667 wide
     assert tuple(pixels.shape[-2:]) == (1, 2048)
-    pixels = tiny_processor().resize(Image.new("RGB", (500, 375)), 336, 2048)
+    pixels = image_processor.resize_image(Image.new("RGB", (500, 375)), short_side=336, long_side=2048)
     assert tuple(pixels.shape[-2:]) == (336, 448)
 
 

@@ -20,7 +20,8 @@ from PIL import Image
 from hf_ovseg import OVSegModel
 from hf_ovseg.bulk import Job, find_inputs, segment_jobs
 from hf_ovseg.cli import main
-from hf_ovseg.processing_ovseg import DiskTextCache, parse_labels
+from hf_ovseg.labels import parse_labels
+from hf_ovseg.text_cache import DiskTextCache
 
 from conftest import tiny_pipeline, tiny_processor
 

@@ -12,7 +12,7 @@ from transformers import pipeline
 
 from hf_ovseg import TASK, ZeroShotImageSegmentationPipeline
 from hf_ovseg.inference import predict_labels, slide_logits
-from hf_ovseg.processing_ovseg import parse_labels
+from hf_ovseg.labels import parse_labels
 
 from conftest import run_clean_process, tiny_model, tiny_pipeline
 
@@ -63,7 +63,7 @@ def test_pipeline_matches_manual_protocol(pipe, fixtures):
     model, processor = pipe.model, pipe.processor
     with torch.no_grad():
         text = processor.text_embeddings(model, labels)
-        pixels = processor.preprocess_image(photo, 64)
+        pixels = processor.image_processor(photo, short_side=64)["pixel_values"]
         logits = slide_logits(lambda x: model(x, text_embeds=text).logits, pixels, 8, 32, 16)
     expected = predict_labels(logits, labels.synonym_index, (photo.height, photo.width)).label_map.numpy()
     got = pipe(photo, candidate_labels=LABELS, return_label_map=True, **FAST)["label_map"]

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from PIL import Image
 
 from hf_ovseg import OPENAI_IMAGENET_TEMPLATES, OVSegProcessor, parse_labels
-from hf_ovseg.processing_ovseg import load_image
+from hf_ovseg.image_processing_ovseg import load_image
 
 from conftest import TEMPLATES, tiny_model, tiny_processor
 
@@ -88,11 +88,12 @@ def test_load_palette_and_numpy_and_files(tmp_path, fixtures):
 def test_preprocess_resizes_short_side_and_normalises():
     processor = tiny_processor()
     image = Image.fromarray(np.full((50, 100, 3), 255, np.uint8))
-    pixels = processor.preprocess_image(image, short_side=20)
-    assert pixels.shape == (1, 3, 20, 40)
+    inputs = processor.image_processor(image, short_side=20)
+    pixels = inputs["pixel_values"]
+    assert pixels.shape == (1, 3, 20, 40) and inputs["original_sizes"] == [(50, 100)]
     mean, std = torch.tensor(processor.image_processor.image_mean), torch.tensor(processor.image_processor.image_std)
     torch.testing.assert_close(pixels[0, :, 0, 0], (1 - mean) / std)
-    assert processor.preprocess_image(image, None).shape == (1, 3, 50, 100)
+    assert processor.image_processor(image, short_side=None)["pixel_values"].shape == (1, 3, 50, 100)
 
 
 def test_processor_save_load_round_trip(tmp_path):

@@ -13,7 +13,7 @@ from hf_ovseg.cli import main
 from hf_ovseg.evaluation import DATASETS
 from hf_ovseg.evaluation.benchmarks import CLASSES_DIR
 from hf_ovseg.evaluation.protocols import ANCHORS, protocol_table, resolve_protocol
-from hf_ovseg.processing_ovseg import parse_labels
+from hf_ovseg.labels import parse_labels
 
 #: Segmentor defaults, with the line of the official file that sets each (the configs override them).
 DEFAULTS = {

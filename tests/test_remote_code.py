@@ -66,3 +66,44 @@ def test_remote_code_by_repo_id_from_hub_cache(tmp_path):
     (repo / "refs" / "main").write_text(revision)
     got = run_child("hf-ovseg/tiny-random", tmp_path, {"HF_HUB_CACHE": str(cache), "HF_HOME": str(tmp_path / "home")})
     assert "hf_ovseg" not in got["module"].split(".")[0]
+
+
+IMAGE_CHILD = textwrap.dedent(
+    """
+    import json, sys
+    import torch
+    from transformers import AutoImageProcessor, AutoProcessor
+    folder, image, output = sys.argv[1:4]
+    image_processor = AutoImageProcessor.from_pretrained(folder, trust_remote_code=True)
+    processor = AutoProcessor.from_pretrained(folder, trust_remote_code=True)
+    assert type(image_processor).__name__ == "OVSegImageProcessor", type(image_processor)
+    assert type(processor.image_processor).__name__ == "OVSegImageProcessor", type(processor.image_processor)
+    assert type(image_processor).__module__.startswith("transformers_modules"), type(image_processor).__module__
+    inputs = image_processor(image)
+    torch.save({"pixels": inputs["pixel_values"], "sizes": inputs["original_sizes"],
+                "sides": (image_processor.short_side, image_processor.long_side)}, output)
+    """
+)
+
+
+def test_image_processor_is_what_auto_image_processor_returns(tmp_path, fixtures):
+    """The saved preprocessor_config.json names OVSegImageProcessor (with its code beside it), so a clean process
+    gets the anchors' resize and normalisation from AutoImageProcessor, equal to the in-process result."""
+    from conftest import tiny_pipeline
+
+    pipe = tiny_pipeline()
+    pipe.processor.image_processor.short_side = 96
+    folder = tmp_path / "model"
+    pipe.save_pretrained(folder)
+    saved = json.loads((folder / "preprocessor_config.json").read_text())
+    assert saved["image_processor_type"] == "OVSegImageProcessor"
+    assert saved["auto_map"]["AutoImageProcessor"] == "image_processing_ovseg.OVSegImageProcessor"
+    assert (saved["short_side"], saved["long_side"]) == (96, 2048)
+    photo = fixtures / "voc" / "JPEGImages" / "2011_000006.jpg"
+    run_clean_process(IMAGE_CHILD, [str(folder), str(photo), str(tmp_path / "out.pt")], tmp_path)
+    got = torch.load(tmp_path / "out.pt")
+    expected = pipe.processor.image_processor(str(photo))
+    assert got["sides"] == (96, 2048)
+    assert got["sizes"] == expected["original_sizes"]
+    assert min(got["pixels"].shape[-2:]) == 96
+    assert torch.equal(got["pixels"], expected["pixel_values"])

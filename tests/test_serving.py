@@ -14,7 +14,8 @@ import pytest
 import torch
 
 from hf_ovseg import OVSegModel
-from hf_ovseg.processing_ovseg import TextEmbeddingCache, parse_labels
+from hf_ovseg.labels import parse_labels
+from hf_ovseg.text_cache import TextEmbeddingCache
 
 from conftest import run_clean_process, tiny_model, tiny_pipeline, tiny_processor
 

@@ -378,7 +378,7 @@ def load_benchmark(name: str, data_root: str | Path, limit: int | None = None) -
     )
 
     def decode(batch: dict[str, list]) -> dict[str, list]:
-        from ..processing_ovseg import load_image
+        from ..image_processing_ovseg import load_image
 
         return {
             "id": batch["id"],

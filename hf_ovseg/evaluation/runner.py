@@ -14,7 +14,8 @@ from typing import Any
 import numpy as np
 import torch
 
-from ..processing_ovseg import parse_labels, resized_pixels
+from ..image_processing_ovseg import resized_pixels
+from ..labels import parse_labels
 from .benchmarks import BenchmarkDataset
 from .ovseg_miou.ovseg_miou import confusion_matrix, metrics_from_confusion
 
@@ -118,7 +119,7 @@ def evaluate_methods(
 
         def stitchers(images=images, call=call):
             for _, pixels, size, mask in loader(images, num_workers):
-                image = pipe.processor.normalize(pixels.to(device))
+                image = pipe.processor.image_processor.normalize_pixels(pixels.to(device))
                 yield (image, size, mask), Stitcher.windows(image, call.crop_size, call.stride)
 
         matrix = np.zeros((spec.num_classes, spec.num_classes + 1), dtype=np.int64)
