@@ -31,7 +31,7 @@ import torch
 
 from .errors import first_line
 from .image_processing_ovseg import load_image, open_image_file, resized_pixels
-from .inference import Stitcher, run_windows
+from .inference import Stitcher
 
 logger = logging.getLogger(__name__)
 
@@ -270,7 +270,7 @@ def segment_jobs(
             image = pipe.processor.image_processor.normalize_pixels(pixels.to(device))
             yield (index, job, photo, image), Stitcher.windows(image, call.crop_size, call.stride)
 
-    windows = run_windows(call.forward, stitchers(), call.patch_size, call.batch_size, call.padding)
+    windows = call.run(stitchers())
     for (index, job, photo, image), logits in windows:
         while failures:
             bar.update()

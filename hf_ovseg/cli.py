@@ -130,6 +130,11 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--area-threshold", type=float, default=unset, help="drop classes below this area share")
     parser.add_argument("--refine", choices=REFINEMENTS, default=unset, help="refine the logits (pamr)")
     parser.add_argument("--logit-scale", type=float, default=None, help="dense logit scale (default: the model's)")
+    parser.add_argument(
+        "--no-feature-upsampler",
+        action="store_true",
+        help="run a method that uses SimFeatUp (segearth) without it; recorded as feature_upsampling=false",
+    )
 
 
 def protocol_kwargs(args: argparse.Namespace, base: dict[str, Any] | None = None) -> dict[str, Any]:
@@ -138,6 +143,8 @@ def protocol_kwargs(args: argparse.Namespace, base: dict[str, Any] | None = None
     kwargs.update({name: getattr(args, name) for name in OVERRIDE_FLAGS if hasattr(args, name)})
     if args.logit_scale is not None:
         kwargs["dense_logit_scale"] = args.logit_scale
+    if args.no_feature_upsampler:
+        kwargs["feature_upsampling"] = False
     if args.background_label is not None:
         kwargs["background_label"] = args.background_label
     return {k: v for k, v in kwargs.items() if v is not None or k in ("short_side", "crop_size", "stride")}
@@ -340,7 +347,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
     results = evaluate_methods(
         pipe, bench, methods, arguments, args.model, protocol.prompts if protocol else None, record,
         state.process_index, state.num_processes, sum_over_processes, progress=state.is_local_main_process,
-        num_workers=workers,
+        num_workers=workers, synonym_separator=protocol.synonym_separator if protocol else None,
     )  # fmt: skip
     if state.is_main_process:
         print(markdown_table(results))
@@ -376,16 +383,21 @@ def demo_command(args: argparse.Namespace) -> int:
 
 
 def protocols_command(args: argparse.Namespace) -> int:
-    from .evaluation.protocols import SOURCES, protocol_table
+    from .evaluation.protocols import SOURCES, not_offered_table, protocol_table
 
     print(protocol_table())
     print()
     for name, source in SOURCES.items():
         print(f"- {name}: {source}")
+    print("\nOfficial configs without a protocol here:")
+    print(not_offered_table())
     return 0
 
 
 def build_parser() -> argparse.ArgumentParser:
+    from .evaluation.benchmarks import DATASETS
+    from .evaluation.protocols import ANCHORS
+
     parser = OneLineParser(
         prog="hf-ovseg", description="Training-free open-vocabulary semantic segmentation on a frozen CLIP."
     )
@@ -415,19 +427,12 @@ def build_parser() -> argparse.ArgumentParser:
     seg.set_defaults(run=segment)
 
     ev = commands.add_parser("evaluate", help="mIoU of one or more methods on a standard benchmark")
-    ev.add_argument(
-        "--dataset",
-        required=True,
-        help="voc21, voc20, context60, context59, coco_object, "
-        "coco_stuff164k, cityscapes, ade20k, openearthmap, loveda, isaid, potsdam, vaihingen, uavid, "
-        "udd5, vdd",
-    )
+    ev.add_argument("--dataset", required=True, help=", ".join(DATASETS))
     ev.add_argument("--data-root", required=True, help="the dataset's folder, in its standard layout")
     ev.add_argument(
         "--protocol",
         default=None,
-        help="an anchor's protocol: sclip, naclip, clearclip, segearth, sfp "
-        "(see hf-ovseg protocols); explicit flags override it",
+        help=f"an anchor's protocol: {', '.join(ANCHORS)} (see hf-ovseg protocols); explicit flags override it",
     )
     ev.add_argument("--methods", default=None, help="comma-separated methods for an ablation (overrides --method)")
     ev.add_argument("--limit", type=int, default=None, help="evaluate only the first N images")

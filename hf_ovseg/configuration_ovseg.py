@@ -6,13 +6,14 @@ import copy
 from typing import Any
 
 from huggingface_hub.dataclasses import strict
-from transformers import CLIPConfig
+from transformers import AutoConfig, CLIPConfig, PreTrainedConfig
 from transformers.utils import logging
 
 from .modules import ATTENTION_MODES, GLOBAL_DEBIAS_MODES, SIMILARITY_MODES
+from .proxy import PROXY_KINDS, proxy_kind_of
 from .upsampler import FEATURE_UPSAMPLERS
 
-POSITION_INTERPOLATIONS = ("scale_factor", "size")
+POSITION_INTERPOLATIONS = ("scale_factor", "size", "size_if_count_changes")
 ENCODER_VARIANTS = ("clip", "maskclip")
 OUTLIER_SCORE_LAYERS = ("last", "penultimate")
 
@@ -28,6 +29,21 @@ _MODULES_OFF = {
     "encoder_variant": "clip",
     "feature_upsampling": False,
     "cls_logit_lambda": 0.0,
+    "proxy_kind": None,
+    "proxy_square_grid": False,
+    "window_multiple": None,
+}
+
+#: ProxyCLIP (mc-lan/ProxyCLIP@e7b767f): the last block is the proxy attention over the proxy's feature map
+#: (open_clip/transformer.py:526-536, 560-587), beta 1.2 / gamma 3.0 and logit scale 40 (the segmentor's
+#: defaults, proxyclip_segmentor.py:30-31, never overridden by a config), windows padded to multiples of 56
+#: (proxyclip_segmentor.py:218-223), grids read as square (see ``proxy_square_grid``).
+_PROXYCLIP = {
+    **_MODULES_OFF,
+    "attention_mode": "proxy",
+    "proxy_square_grid": True,
+    "window_multiple": 56,
+    "dense_logit_scale": 40.0,
 }
 
 #: Named presets. ``seed`` is the method of the seed text (all three modules on); the others reproduce the
@@ -37,7 +53,7 @@ _MODULES_OFF = {
 #: - ``maskclip``: chongzhou96/MaskCLIP@245d31f:mmseg/models/backbones/vit.py:94-104 (value path
 #:   ``v = out_proj(v_proj(ln1(x))) + x``, then ``v + ffn(ln2(v))``), 437 (final norm on ``v``); its ViT runs the
 #:   CLIP weights with exact GELU and LayerNorm eps 1e-6 (configs/_base_/models/maskclip_vit16.py:22-23) and
-#:   resizes position embeddings with ``size=`` (vit.py:377, 405-410).
+#:   resizes position embeddings with ``size=`` only when the token count changes (vit.py:368, 405-410).
 #: - ``sclip``: wangf3014/SCLIP@b56bd30:clip/model.py:249-251 (``x + csa_attn(ln_1(x))``, then ``+ mlp(ln_2(x))``).
 #: - ``clearclip``: mc-lan/ClearCLIP@ad68a40:open_clip/transformer.py:524-526 (attention output only, no
 #:   residual, no MLP) with its ``ClearCLIP`` attention (614-616).
@@ -48,6 +64,12 @@ _MODULES_OFF = {
 #:   (``cls_token_lambda=-0.3``, SimFeatUp ``jbu_one``: used when the model carries an upsampler).
 #: - ``sfp``: Kimsure/SFP@2804f5b:SFP_ICCV/clip/model.py:242-356 (see ``OVSegVisionModel.sfp_last_stage``),
 #:   configs/base_config.py:5-9 (``pm='SOM'``, ``purify=True``, ``res_cls=0.3``).
+#: - ``proxyclip`` / ``proxyclip_dinov2`` / ``proxyclip_sam``: ProxyCLIP, mc-lan/ProxyCLIP@e7b767f with the proxy
+#:   its base config names (``vfm_model='dino'`` = torch.hub ``dino_vitb8``, configs/base_config.py:6,
+#:   proxyclip_segmentor.py:53) or its DINOv2 (``dinov2_vitb14_reg``, 57) and SAM (``vit_b``, 46) variants; the
+#:   model must carry that proxy (``hf-ovseg convert --proxy``).
+#: - ``seed_proxy``: ours, not a published method: the proxy attention in place of the gated attention, with the
+#:   seed's modules 1 and 3 (module 1 on CLIP's grid before the proxy aggregation, see ``OVSegVisionModel``).
 #:
 #: Every anchor except MaskCLIP resizes position embeddings with bicubic ``scale_factor=(g + 0.1) / g0``
 #: (e.g. SCLIP clip/model.py:263-281); ``seed`` descends from SegEarth-OV and does the same.
@@ -71,7 +93,7 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
         "attention_mode": "maskclip",
         "last_block_residual": True,
         "last_block_mlp": True,
-        "position_interpolation": "size",
+        "position_interpolation": "size_if_count_changes",
         "encoder_variant": "maskclip",
     },
     "sclip": {**_MODULES_OFF, "attention_mode": "sclip", "last_block_residual": True, "last_block_mlp": True},
@@ -86,6 +108,15 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
         "similarity_layer": 9,
         "sfp_residual_cls": 0.3,
     },
+    "proxyclip": {**_PROXYCLIP, "proxy_kind": "dino"},
+    "proxyclip_dinov2": {**_PROXYCLIP, "proxy_kind": "dinov2"},
+    "proxyclip_sam": {**_PROXYCLIP, "proxy_kind": "sam"},
+    "seed_proxy": {
+        **_MODULES_OFF,
+        "attention_mode": "proxy",
+        "outlier_suppression": True,
+        "global_debias_factor": 0.2,
+    },
 }
 
 #: Knobs that do not depend on the preset (unless a preset sets them), with their defaults.
@@ -93,6 +124,7 @@ KNOB_DEFAULTS: dict[str, Any] = {
     "outlier_top_k": 30,
     "outlier_tau": 0.1,
     "outlier_score_layer": "last",
+    "decontamination_clamp": False,
     "similarity_weight": 1.0,
     "similarity_temperature": 1.0,
     "similarity_layer": None,
@@ -101,6 +133,8 @@ KNOB_DEFAULTS: dict[str, Any] = {
     "naclip_gaussian_std": 5.0,
     "sfp_residual_cls": 0.3,
     "dense_logit_scale": 50.0,
+    "proxy_beta": 1.2,
+    "proxy_gamma": 3.0,
 }
 
 #: Every knob a ``method=`` preset or a per-call override may set.
@@ -139,6 +173,9 @@ class OVSegConfig(CLIPConfig):
     outlier_suppression (`bool`): module 1 (with ``attention_mode="sfp"``: SFP's outlier purification).
     outlier_top_k (`int`, 30): outliers per crop (clamped to the number of patches; 0 disables).
     outlier_tau (`float`, 0.1): decontamination strength τ of module 1.
+    decontamination_clamp (`bool`, False): decontaminate with ``τ·max(cos, 0)`` instead of the seed text's
+        ``τ·cos`` (the seed's code base, UserNameUnavailableIsUnavailable/CLIP-Decontamination@3e1b774:
+        outlier_suppression.py:195-196, ``clamp(similarity * contamination_temp, 0, 1)``; an ablation).
     outlier_score_layer (`str`, `"last"`): attention that scores module 1's outliers: the last block's (the seed
         text) or ``"penultimate"``, block L-1's head-mean attention (the seed's code base; an ablation).
     similarity_enhancement (`bool`): add the mid-layer self-similarity map S to the gated attention.
@@ -150,18 +187,30 @@ class OVSegConfig(CLIPConfig):
     global_debias_normalize_cls (`bool`, False): subtract the unit-norm CLS (the seed's code base; an ablation).
     last_block_residual, last_block_mlp (`bool`): keep the last block's residual / MLP.
     position_interpolation (`str`): ``"scale_factor"`` (bicubic with ``scale_factor=(g+0.1)/g0``, as the
-        anchors' CLIP files do) or ``"size"`` (bicubic to the grid size, as Hugging Face CLIP and MaskCLIP do).
+        anchors' CLIP files do), ``"size"`` (bicubic to the grid size unless it is the native square one, as
+        Hugging Face CLIP does) or ``"size_if_count_changes"`` (the same, skipped whenever the patch count is the
+        native one, as MaskCLIP does).
     encoder_variant (`str`, `"clip"`): ``"maskclip"`` runs every vision block as MaskCLIP's mmseg ViT does
         (exact GELU, LayerNorm eps 1e-6) instead of the checkpoint's activation and eps.
     naclip_gaussian_std (`float`, 5.0): width, in patches, of NACLIP's neighbourhood prior.
     sfp_residual_cls (`float`, 0.3): SFP's ``res_cls`` (CLS added after the last block; the CLS->patch
         attention of the outlier test is scaled by ``5 * res_cls``).
-    feature_upsampling (`bool`): run the model's feature upsampler (SimFeatUp) when it has one.
+    feature_upsampling (`bool`): run the model's feature upsampler (SimFeatUp); a model without one is an error.
     dense_logit_scale (`float`, 50.0): multiplies the patch-text cosine to give logits.
     cls_logit_lambda (`float`, 0.0; -0.3 for segearth): SegEarth-OV's logit-space global-bias step,
         ``logits = scale * (cos(patch, text) + λ cos(cls, text))``.
+    proxy_beta, proxy_gamma (`float`, 1.2 / 3.0): ProxyCLIP's attention ``softmax(γ (S - β mean(S)))`` over the
+        proxy's cosine similarities S, negatives masked (``attention_mode="proxy"``).
+    proxy_kind (`str`, optional): the proxy a preset needs (``"dino"``, ``"dinov2"``, ``"sam"``); None = any.
+    proxy_square_grid (`bool`, False; True for the proxyclip presets): read the proxy's and CLIP's patch grids
+        as square, as ProxyCLIP's code does (see ``proxy.py``); equal to the true grids on square windows.
+    window_multiple (`int`, optional): pad each window to a multiple of this (ProxyCLIP: 56); None = CLIP's patch
+        size, or its least common multiple with the proxy's patch size when a proxy runs.
     feature_upsampler (`str`, optional): architecture of the model's SimFeatUp weights (``"jbu_one"`` or
         ``"jbu_stack"``), None when the model has none. Not a method knob: it says which weights exist.
+    proxy_config (`dict` or `PreTrainedConfig`, optional): the configuration of the model's proxy vision model
+        (a transformers ``ViTConfig`` for DINO, ``Dinov2Config``, ``Dinov2WithRegistersConfig`` or
+        ``SamVisionConfig``), None when the model has none. Not a method knob: it says which weights exist.
     """
 
     model_type = "ovseg"
@@ -172,6 +221,7 @@ class OVSegConfig(CLIPConfig):
     outlier_top_k: int | None = None
     outlier_tau: float | None = None
     outlier_score_layer: str | None = None
+    decontamination_clamp: bool | None = None
     similarity_enhancement: bool | None = None
     similarity_weight: float | None = None
     similarity_temperature: float | None = None
@@ -188,11 +238,22 @@ class OVSegConfig(CLIPConfig):
     feature_upsampling: bool | None = None
     dense_logit_scale: float | None = None
     cls_logit_lambda: float | None = None
+    proxy_beta: float | None = None
+    proxy_gamma: float | None = None
+    proxy_kind: str | None = None
+    proxy_square_grid: bool | None = None
+    window_multiple: int | None = None
     feature_upsampler: str | None = None
+    proxy_config: dict | PreTrainedConfig | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         kwargs.pop("model_type", None)  # a plain CLIP config.json says "clip"; this class is "ovseg"
         super().__post_init__(**kwargs)
+        if isinstance(self.proxy_config, dict):  # as saved in config.json: the proxy's own config, with its type
+            values = {k: v for k, v in self.proxy_config.items() if k != "transformers_version"}
+            self.proxy_config = AutoConfig.for_model(values.pop("model_type"), **values)
+        if self.proxy_config is not None:
+            proxy_kind_of(self.proxy_config)  # a model type that is no supported proxy fails here
         self._fill_from_preset()
         self.check_method_knobs()
 
@@ -219,6 +280,11 @@ class OVSegConfig(CLIPConfig):
             config = result[0] if isinstance(result, tuple) else result
             config.set_method(method, **knobs)
         return result
+
+    @property
+    def proxy_model_kind(self) -> str | None:
+        """``"dino"``, ``"dinov2"`` or ``"sam"``: the proxy this model's weights hold, None without one."""
+        return None if self.proxy_config is None else proxy_kind_of(self.proxy_config)
 
     @property
     def resolved_similarity_layer(self) -> int:
@@ -263,12 +329,26 @@ class OVSegConfig(CLIPConfig):
         _check_choice("encoder_variant", knobs["encoder_variant"], ENCODER_VARIANTS)
         if self.feature_upsampler is not None:
             _check_choice("feature_upsampler", self.feature_upsampler, FEATURE_UPSAMPLERS)
+        if knobs["proxy_kind"] is not None:
+            _check_choice("proxy_kind", knobs["proxy_kind"], PROXY_KINDS)
         if knobs["similarity_enhancement"] and mode not in SIMILARITY_MODES:
             raise ValueError(
                 f"similarity_enhancement=True needs attention_mode='gated' (module 2); got attention_mode={mode!r}"
             )
-        if mode == "sfp" and (knobs["last_block_residual"] or knobs["last_block_mlp"]):
-            raise ValueError("attention_mode='sfp' replaces the whole last block: it has no residual or MLP to keep")
+        if mode in ("sfp", "proxy") and (knobs["last_block_residual"] or knobs["last_block_mlp"]):
+            raise ValueError(
+                f"attention_mode={mode!r} replaces the whole last block: it has no residual or MLP to keep"
+            )
+        if mode == "proxy" and knobs["feature_upsampling"]:
+            raise ValueError(
+                "feature_upsampling upsamples CLIP's patch grid; attention_mode='proxy' gives the proxy's grid: "
+                "use one or the other"
+            )
+        if knobs["proxy_gamma"] <= 0:
+            raise ValueError(f"proxy_gamma must be > 0, got {knobs['proxy_gamma']}")
+        multiple = knobs["window_multiple"]
+        if multiple is not None and (isinstance(multiple, bool) or not isinstance(multiple, int) or multiple < 1):
+            raise ValueError(f"window_multiple must be a positive number of pixels or None, got {multiple!r}")
         if knobs["outlier_top_k"] < 0:
             raise ValueError(f"outlier_top_k must be >= 0, got {knobs['outlier_top_k']}")
         if not 0.0 <= knobs["outlier_tau"] <= 1.0:

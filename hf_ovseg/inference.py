@@ -296,6 +296,7 @@ def predict_labels(
     return_probabilities: bool = False,
     area_threshold: float | None = None,
     max_chunk_elements: int = 1 << 24,
+    normalize_probabilities: bool = False,
 ) -> DensePrediction:
     """Resize logits to ``size``, softmax over all synonyms, max over each class's synonyms, area threshold,
     background threshold.
@@ -307,6 +308,8 @@ def predict_labels(
         background_threshold: pixels whose best class probability is below it get ``background_index``.
         area_threshold: classes whose argmax area is at most this share of the non-background area get zero
             probability (see ``postprocess.area_keep_mask``); a first pass over the chunks counts the areas.
+        normalize_probabilities: the returned probabilities divided by their sum over the classes, after the
+            labels are chosen (NACLIP, sinahmr/NACLIP@0cac3a6:naclip.py:153).
     """
     height, width = size
     num_classes = synonym_index.shape[0]
@@ -327,5 +330,5 @@ def predict_labels(
         score_sum.index_add_(0, labels.flatten(), best.flatten().double())
         pixel_count += torch.bincount(labels.flatten(), minlength=num_labels)
         if probabilities is not None:
-            probabilities[:, rows] = class_probs
+            probabilities[:, rows] = class_probs / class_probs.sum(0) if normalize_probabilities else class_probs
     return DensePrediction(label_map, score_sum, pixel_count, probabilities)

@@ -41,12 +41,18 @@ class LabelSet:
 SYNONYM_SEPARATOR = "|"
 
 
-def _split_synonyms(item: str, commas: bool, position: int, source: str) -> tuple[str, ...]:
+def _names(item: str, separators: tuple[str, ...]) -> list[str]:
+    """``item`` split on any of ``separators``, each name stripped."""
+    for separator in separators[1:]:
+        item = item.replace(separator, separators[0])
+    return [name.strip() for name in item.split(separators[0])]
+
+
+def _split_synonyms(item: str, separators: tuple[str, ...], position: int, source: str) -> tuple[str, ...]:
     """The synonyms of one class item; an empty class or an empty synonym (``"dog||cat"``) is an error."""
     if not item.strip():
         raise ValueError(f"{source} has an empty class name (item {position + 1}): remove the extra separator")
-    names = item.replace(",", SYNONYM_SEPARATOR).split(SYNONYM_SEPARATOR) if commas else item.split(SYNONYM_SEPARATOR)
-    names = [name.strip() for name in names]
+    names = _names(item, separators)
     if not all(names):
         raise ValueError(
             f"{source} item {position + 1} ({item.strip()!r}) has an empty synonym: remove the extra separator"
@@ -67,10 +73,12 @@ def parse_labels(
     tokenizer: Any = None,
     strict: bool = True,
     source: str = "candidate_labels",
+    separator: str | None = None,
 ) -> LabelSet:
     """Parse class names.
 
-    A list gives one class per item, whose synonyms are separated by commas or ``|`` (``"sky,clouds"``); a
+    A list gives one class per item, whose synonyms are separated by commas or ``|`` (``"sky,clouds"``), or by
+    ``separator`` alone when it is given (ProxyCLIP's class files: ``"; "``, their names may hold commas); a
     single string gives one class per comma, synonyms separated by ``|`` (``"road,sky|clouds"``).
 
     Raises ``ValueError`` (naming ``source``, e.g. ``--labels`` for the CLI) on an empty list, an empty item or
@@ -80,16 +88,16 @@ def parse_labels(
     (COCO-Object's "bed" is both a background word and a class).
     """
     if isinstance(candidate_labels, str):
-        items, commas = candidate_labels.split(","), False
+        items, separators = candidate_labels.split(","), (SYNONYM_SEPARATOR,)
     elif isinstance(candidate_labels, (list, tuple)):
         if not all(isinstance(item, str) for item in candidate_labels):
             raise ValueError(f"{source} must be strings")
-        items, commas = list(candidate_labels), True
+        items, separators = list(candidate_labels), (separator,) if separator else (SYNONYM_SEPARATOR, ",")
     else:
         raise ValueError(f"{source} must be a string or a list of strings, got {type(candidate_labels).__name__}")
-    if not any(name.strip() for item in items for name in item.replace(",", SYNONYM_SEPARATOR).split("|")):
+    if not any(any(_names(item, separators)) for item in items):
         raise ValueError(f"{source} is empty: give at least one class name, e.g. road, tree, sky")
-    synonyms = [_split_synonyms(item, commas, position, source) for position, item in enumerate(items)]
+    synonyms = [_split_synonyms(item, separators, position, source) for position, item in enumerate(items)]
     labels = [names[0] for names in synonyms]
     duplicates = sorted({name for name in labels if labels.count(name) > 1})
     if duplicates:

@@ -5,17 +5,20 @@ The model is CLIP with its last vision block replaced, read top to bottom:
 1. patch and position embeddings (position embeddings interpolated as ``position_interpolation`` says), then
    blocks 1..L-1 of the vision tower, unchanged (the hidden states that later steps read are kept);
 2. block L: its attention is the configured ``attention_mode`` (``"gated"`` = module 2), with no residual
-   and no MLP unless configured; ``attention_mode="sfp"`` replaces this step by SFP's whole last stage;
-3. module 1 (outlier suppression) on block L's output patch tokens, the outliers scored with block L's own
-   vanilla attention (or block L-1's, ``outlier_score_layer="penultimate"``);
+   and no MLP unless configured; ``attention_mode="sfp"`` replaces this step by SFP's whole last stage, and
+   ``attention_mode="proxy"`` by ProxyCLIP's: CLIP's values aggregated on the proxy model's grid by the proxy's
+   feature similarities (``proxy.py`` computes the proxy's features);
+3. module 1 (outlier suppression) on block L's output patch tokens (with a proxy: on CLIP's values, before the
+   proxy aggregation), the outliers scored with block L's own vanilla attention (or block L-1's,
+   ``outlier_score_layer="penultimate"``);
 4. post-layernorm and visual projection, then module 3 (global debiasing) with the projected CLS token;
 5. optionally SimFeatUp (``feature_upsampling``, when the model carries an upsampler): the patch features are
    upsampled to the crop's resolution, guided by the image;
 6. cosine similarity with the text embeddings times ``dense_logit_scale``: dense logits [B, K, rows, cols].
 
-The math lives in ``modules.py`` (and ``upsampler.py``) as pure tensor functions; this file only wires them
-into CLIP. It is self-contained apart from ``configuration_ovseg.py``, ``modules.py`` and ``upsampler.py``,
-which ``save_pretrained`` copies beside it so that a saved folder loads with ``trust_remote_code=True``.
+The math lives in ``modules.py`` (and ``upsampler.py``, ``proxy.py``) as pure tensor functions; this file only
+wires them into CLIP. It is self-contained apart from those files and ``configuration_ovseg.py``, which
+``save_pretrained`` copies beside it so that a saved folder loads with ``trust_remote_code=True``.
 
 Every method knob is read from ``settings``, an [`OVSegConfig`] passed to ``forward`` (a copy made by
 ``config.with_method(...)``), or from the model's own config when none is given: a call never changes the
@@ -47,6 +50,7 @@ from .modules import (
     attention_probs,
     global_debias,
     outlier_scores,
+    proxy_attention,
     replace_with_neighbour_mean,
     sfp_attention,
     sfp_grid_positions,
@@ -58,6 +62,7 @@ from .modules import (
     thresholded_similarity,
     vanilla_attention,
 )
+from .proxy import build_proxy_model, default_window_multiple, proxy_features
 from .upsampler import build_feature_upsampler
 
 logger = logging.get_logger(__name__)
@@ -139,13 +144,15 @@ def interpolate_position_embeddings(position: torch.Tensor, grid_size: tuple[int
     ``"scale_factor"``: bicubic with ``scale_factor=((rows+0.1)/g0, (cols+0.1)/g0)``, only when the number of
     patches differs (wangf3014/SCLIP@b56bd30:clip/model.py:239-240, 263-281; the same in NACLIP, ClearCLIP,
     SegEarth-OV and SFP). ``"size"``: bicubic to ``(rows, cols)`` unless the grid is the native square one
-    (Hugging Face ``CLIPVisionEmbeddings.interpolate_pos_encoding``; MaskCLIP vit.py:405-410 resizes the same
-    way). Computed in float32, as the anchors do (their position embeddings stay float32 under fp16).
+    (Hugging Face ``CLIPVisionEmbeddings.interpolate_pos_encoding``). ``"size_if_count_changes"``: the same resize,
+    skipped whenever the number of patches is the native one, even on a non-square grid such as 7 x 28 at
+    patch 16 (MaskCLIP, chongzhou96/MaskCLIP@245d31f:mmseg/models/backbones/vit.py:368, resized at 405-410).
+    Computed in float32, as the anchors do (their position embeddings stay float32 under fp16).
     """
     rows, cols = grid_size
     num_positions = position.shape[0] - 1
     side = math.isqrt(num_positions)
-    if rows * cols == num_positions and (mode == "scale_factor" or rows == cols):
+    if rows * cols == num_positions and (mode != "size" or rows == cols):
         return position
     grid = position[1:].float().reshape(1, side, side, -1).permute(0, 3, 1, 2)
     if mode == "scale_factor":
@@ -169,9 +176,9 @@ def project_heads(attn: nn.Module, states: torch.Tensor, names: tuple[str, ...])
 
 
 def attend(attn: nn.Module, probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
-    """``out_proj`` of the heads' ``probs @ values``: [B, h, T, T] x [B, h, T, d] -> [B, T, D]."""
-    batch, _, tokens, _ = values.shape
-    return attn.out_proj(torch.matmul(probs.to(values.dtype), values).transpose(1, 2).reshape(batch, tokens, -1))
+    """``out_proj`` of the heads' ``probs @ values``: [B, h, Tq, T] x [B, h, T, d] -> [B, Tq, D]."""
+    batch, _, queries, _ = probs.shape
+    return attn.out_proj(torch.matmul(probs.to(values.dtype), values).transpose(1, 2).reshape(batch, queries, -1))
 
 
 class OVSegVisionModel(CLIPVisionModel):
@@ -187,8 +194,15 @@ class OVSegVisionModel(CLIPVisionModel):
             method_config = OVSegConfig(vision_config=config.to_dict())
         self.method_config = method_config
 
-    def forward(self, pixel_values: torch.Tensor, settings: OVSegConfig | None = None, **kwargs: Any):
-        """pixel_values [B, 3, H, W] with H, W multiples of the patch size -> [`OVSegVisionOutput`]."""
+    def forward(
+        self,
+        pixel_values: torch.Tensor,
+        settings: OVSegConfig | None = None,
+        proxy_map: torch.Tensor | None = None,
+        **kwargs: Any,
+    ):
+        """pixel_values [B, 3, H, W] with H, W multiples of the patch size -> [`OVSegVisionOutput`].
+        ``proxy_map`` [B, C, h, w]: the proxy's features, for ``attention_mode="proxy"``."""
         cfg = settings or self.method_config
         grid_size = check_pixel_values(pixel_values, self.config.patch_size)
         hidden = self.layer_norm(self.pre_layrnorm, self.embed(pixel_values, grid_size, cfg), cfg)
@@ -203,12 +217,17 @@ class OVSegVisionModel(CLIPVisionModel):
             if index in keep:
                 states[index] = hidden
 
+        score_probs = None
+        if cfg.outlier_suppression and cfg.outlier_score_layer == "penultimate" and cfg.attention_mode != "sfp":
+            score_probs = self.block_attention(num_layers - 2, states[num_layers - 2], cfg)
         if cfg.attention_mode == "sfp":
             tokens, outliers = self.sfp_last_stage(states, grid_size, cfg)
+        elif cfg.attention_mode == "proxy":
+            if proxy_map is None:
+                raise ValueError("attention_mode='proxy' needs the proxy's features (OVSegModel computes them)")
+            tokens, outliers = self.proxy_last_block(hidden, grid_size, proxy_map, cfg, score_probs)
+            grid_size = tuple(proxy_map.shape[-2:])
         else:
-            score_probs = None
-            if cfg.outlier_suppression and cfg.outlier_score_layer == "penultimate":
-                score_probs = self.block_attention(num_layers - 2, states[num_layers - 2], cfg)
             mid = states[cfg.resolved_similarity_layer] if cfg.similarity_enhancement else None
             tokens, outliers = self.last_block(hidden, grid_size, mid, cfg, score_probs)
         return OVSegVisionOutput(
@@ -305,10 +324,61 @@ class OVSegVisionModel(CLIPVisionModel):
             return out, None
         if score_probs is None:
             score_probs = probs if cfg.attention_mode == "vanilla" else vanilla_attention(q, k, attn.scale)
+        patches, outliers = self.suppress(out[:, 1:], score_probs, grid_size, cfg)
+        return torch.cat([out[:, :1], patches], dim=1), outliers
+
+    @staticmethod
+    def suppress(
+        patches: torch.Tensor, score_probs: torch.Tensor, grid_size: tuple[int, int], cfg: OVSegConfig
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Module 1 on [B, N, D] patch tokens, the outliers scored by ``score_probs`` [B, h, 1+N, 1+N]; returns the
+        tokens and the [B, k] outlier indices."""
         scores = outlier_scores(score_probs)
-        top_k = min(cfg.outlier_top_k, out.shape[1] - 1)
-        patches = suppress_outliers(out[:, 1:], scores, grid_size, top_k, cfg.outlier_tau)
-        return torch.cat([out[:, :1], patches], dim=1), scores.topk(top_k, dim=-1).indices
+        top_k = min(cfg.outlier_top_k, patches.shape[1])
+        patches = suppress_outliers(patches, scores, grid_size, top_k, cfg.outlier_tau, cfg.decontamination_clamp)
+        return patches, scores.topk(top_k, dim=-1).indices
+
+    def proxy_last_block(
+        self,
+        hidden: torch.Tensor,
+        grid_size: tuple[int, int],
+        features: torch.Tensor,
+        cfg: OVSegConfig,
+        score_probs: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """Block L as ProxyCLIP's ``custom_attn`` (mc-lan/ProxyCLIP@e7b767f:open_clip/transformer.py:526-531,
+        560-587): CLIP's values of ``ln_1(x)``, without CLS, bilinearly resized (``align_corners=False``) from
+        CLIP's patch grid to the proxy's grid (h, w) and aggregated there by [`proxy_attention`] of the proxy's
+        features; no residual, no MLP, CLIP's queries and keys unused.
+
+        ``out_proj`` is applied to the values first: it commutes with the resize and the attention (both average
+        with weights summing to one), so the result is the official one up to rounding, and module 1 (the seed's
+        outlier suppression, ``seed_proxy``) can work on CLIP's grid, scored by CLIP's own attention as in the
+        seed, before the proxy aggregation. ProxyCLIP has no CLS output; the CLS token returned (used by module 3
+        and ``cls_logit_lambda``) is block L's vanilla CLS row ``out_proj(softmax(s q_cls Kᵀ) V)``.
+
+        Args:
+            hidden: [B, 1+N, D] tokens entering block L. features: [B, C, h, w] proxy features.
+        Returns:
+            [B, 1+h*w, D] tokens on the proxy's grid (CLS first) and the [B, k] outlier indices (CLIP's grid) or None.
+        """
+        block = self.encoder.layers[-1]
+        attn = block.self_attn
+        q, k, v = project_heads(attn, self.layer_norm(block.layer_norm1, hidden, cfg), ("q", "k", "v"))
+        batch, _, tokens, _ = v.shape
+        cls = attend(attn, vanilla_attention(q[:, :, :1], k, attn.scale), v)  # [B, 1, D]
+        values = attn.out_proj(v.transpose(1, 2).reshape(batch, tokens, -1)[:, 1:])  # [B, N, D]
+        outliers = None
+        if cfg.outlier_suppression and cfg.outlier_top_k > 0:
+            probs = vanilla_attention(q, k, attn.scale) if score_probs is None else score_probs
+            values, outliers = self.suppress(values, probs, grid_size, cfg)
+        rows, cols = grid_size
+        # ProxyCLIP reads the row-major (rows, cols) values as a (cols, rows) grid (transformer.py:504, 521, 580)
+        grid = values.reshape(batch, *((cols, rows) if cfg.proxy_square_grid else (rows, cols)), -1)
+        grid = F.interpolate(grid.permute(0, 3, 1, 2), size=features.shape[-2:], mode="bilinear", align_corners=False)
+        probs = proxy_attention(features, cfg.proxy_beta, cfg.proxy_gamma)
+        patches = torch.matmul(probs.to(grid.dtype), grid.flatten(2).transpose(1, 2))  # [B, h*w, D]
+        return torch.cat([cls, patches], dim=1), outliers
 
     def sfp_last_stage(
         self, states: dict[int, torch.Tensor], grid_size: tuple[int, int], cfg: OVSegConfig
@@ -362,7 +432,8 @@ class OVSegVisionModel(CLIPVisionModel):
 
 class OVSegModel(CLIPModel):
     """CLIP with the training-free dense head. Every HF CLIP checkpoint loads into it unchanged; a model made
-    with ``config.feature_upsampler`` also holds SimFeatUp's weights (``feature_upsampler.*``).
+    with ``config.feature_upsampler`` also holds SimFeatUp's weights (``feature_upsampler.*``), one made with
+    ``config.proxy_config`` a proxy vision model (``proxy_model.*``: DINO, DINOv2 or SAM's image encoder).
 
     Example:
         >>> model = OVSegModel.from_pretrained("openai/clip-vit-base-patch16", method="seed")
@@ -388,7 +459,7 @@ class OVSegModel(CLIPModel):
         self.feature_upsampler = (
             build_feature_upsampler(config.feature_upsampler, self.projection_dim) if config.feature_upsampler else None
         )
-        self._warned_no_upsampler = False
+        self.proxy_model = build_proxy_model(config.proxy_config) if config.proxy_config is not None else None
         self.post_init()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -422,9 +493,21 @@ class OVSegModel(CLIPModel):
         self, pixel_values: torch.Tensor, settings: OVSegConfig | None = None, upsample: bool = True
     ) -> OVSegDenseFeatures:
         """Projected, debiased patch features [B, N, P] and the projected CLS [B, P] of the patched block;
-        with ``feature_upsampling``, an upsampler and ``upsample``, one feature per pixel of the crop."""
+        with ``feature_upsampling``, an upsampler and ``upsample``, one feature per pixel of the crop; with
+        ``attention_mode="proxy"``, one per cell of the proxy's grid.
+
+        With a proxy, ``pixel_values`` sides need only be multiples of the proxy's patch size: the proxy sees the
+        whole window and CLIP's patch embedding drops what does not fill a patch (ProxyCLIP pads windows to
+        multiples of 56, which CLIP's stride-16 convolution then truncates, proxyclip_segmentor.py:218-224)."""
         cfg = settings or self.config
-        vision = self.vision_model(pixel_values, settings=cfg)
+        self.check_components(cfg)
+        proxy_map = None
+        if cfg.attention_mode == "proxy":
+            proxy_map = proxy_features(self.proxy_model, pixel_values, cfg.proxy_square_grid)
+            patch = self.config.vision_config.patch_size
+            height, width = pixel_values.shape[-2:]
+            pixel_values = pixel_values[..., : height // patch * patch, : width // patch * patch]
+        vision = self.vision_model(pixel_values, settings=cfg, proxy_map=proxy_map)
         tokens = self.vision_model.layer_norm(self.vision_model.post_layernorm, vision.last_hidden_state, cfg)
         embeds = self.visual_projection(tokens)
         cls_embeds = embeds[:, 0]
@@ -442,16 +525,57 @@ class OVSegModel(CLIPModel):
             outlier_indices=vision.outlier_indices,
         )
 
-    def uses_upsampler(self, settings: OVSegConfig) -> bool:
-        """Whether ``settings`` run SimFeatUp on this model; warns once when they ask for it and there is none."""
-        if settings.feature_upsampling and self.feature_upsampler is None and not self._warned_no_upsampler:
-            self._warned_no_upsampler = True
-            logger.warning(
-                "method %r asks for SimFeatUp but this model carries no feature upsampler: running without it "
-                "(embed one with `hf-ovseg convert ... --feature-upsampler CKPT`)",
-                settings.method,
+    def check_components(self, settings: OVSegConfig) -> None:
+        """Raise ``ValueError`` (one line, naming the fix) when ``settings`` need a component this model lacks:
+        SimFeatUp's weights for ``feature_upsampling``, a proxy (of the preset's kind) for ``attention_mode="proxy"``.
+        Nothing falls back silently, so a result is always what its method says."""
+        if settings.feature_upsampling and self.feature_upsampler is None:
+            raise ValueError(
+                f"method {settings.method!r} runs SimFeatUp (feature_upsampling=True) but this model carries no "
+                "feature upsampler: embed one with `hf-ovseg convert CLIP OUT --feature-upsampler CKPT`, or run "
+                "without it (feature_upsampling=False; CLI: --no-feature-upsampler)"
             )
-        return bool(settings.feature_upsampling) and self.feature_upsampler is not None
+        if settings.attention_mode != "proxy":
+            return
+        wanted = settings.proxy_kind
+        example = {"dino": "facebook/dino-vitb8", "dinov2": "facebook/dinov2-with-registers-base",
+                   "sam": "facebook/sam-vit-base"}.get(wanted, "facebook/dino-vitb8")  # fmt: skip
+        fix = f"`hf-ovseg convert CLIP OUT --proxy {example}` (or load_pipeline(clip, proxy={example!r}))"
+        if self.proxy_model is None:
+            raise ValueError(
+                f"method {settings.method!r} needs a proxy vision model ({wanted or 'DINO, DINOv2 or SAM'}) but this "
+                f"model has none: embed one with {fix}"
+            )
+        if wanted is not None and wanted != self.config.proxy_model_kind:
+            raise ValueError(
+                f"method {settings.method!r} needs a {wanted} proxy but this model carries a "
+                f"{self.config.proxy_model_kind} one: embed the right one with {fix}"
+            )
+
+    def uses_upsampler(self, settings: OVSegConfig) -> bool:
+        """Whether ``settings`` run SimFeatUp (``ValueError`` when they ask for it and this model has none)."""
+        self.check_components(settings)
+        return bool(settings.feature_upsampling)
+
+    def components(self, settings: OVSegConfig | None = None) -> dict[str, Any]:
+        """What besides CLIP a call with ``settings`` runs: ``{"feature_upsampler": "jbu_one" | None, "proxy":
+        {"kind", "model_type", "source"} | None}`` (for results that say what ran)."""
+        cfg = settings or self.config
+        self.check_components(cfg)
+        proxy = None
+        if cfg.attention_mode == "proxy":
+            proxy = {"kind": self.config.proxy_model_kind, "model_type": self.config.proxy_config.model_type,
+                     "source": self.config.proxy_config._name_or_path or None}  # fmt: skip
+        return {"feature_upsampler": self.config.feature_upsampler if cfg.feature_upsampling else None, "proxy": proxy}
+
+    def window_multiple(self, settings: OVSegConfig | None = None) -> int:
+        """The multiple a window's sides are padded to before this model runs it (``window_multiple``, else CLIP's
+        patch size or its least common multiple with the proxy's)."""
+        cfg = settings or self.config
+        if cfg.window_multiple is not None:
+            return cfg.window_multiple
+        proxy_config = self.config.proxy_config if cfg.attention_mode == "proxy" else None
+        return default_window_multiple(self.config.vision_config.patch_size, proxy_config)
 
     def upsample_features(
         self, patch_embeds: torch.Tensor, grid_size: tuple[int, int], pixel_values: torch.Tensor
@@ -516,12 +640,13 @@ class OVSegModel(CLIPModel):
         """Dense logits of every class for every patch.
 
         Args:
-            pixel_values: [B, 3, H, W], H and W multiples of the patch size.
+            pixel_values: [B, 3, H, W], H and W multiples of the patch size (with a proxy, of the proxy's).
             input_ids, attention_mask: [K, L] tokenised class prompts, or
             text_embeds: [K, P] precomputed class embeddings (takes precedence).
             settings: the method knobs of this call (``model.config.with_method(...)``); default the model's.
         Returns:
-            [`OVSegOutput`] with ``logits`` [B, K, H/patch, W/patch] (or [B, K, H, W] with SimFeatUp).
+            [`OVSegOutput`] with ``logits`` [B, K, H/patch, W/patch] ([B, K, H, W] with SimFeatUp; on the proxy's
+            grid with ``attention_mode="proxy"``).
         """
         if text_embeds is None:
             if input_ids is None:

@@ -7,7 +7,8 @@ Shapes used throughout:
     B: batch, h: heads, N: patches (row-major on a ``grid_size = (rows, cols)`` grid), T = 1 + N tokens
     (CLS at index 0), d: head width, D: token width, P: projection width.
 
-The formulas are those of ``DESIGN.md`` section 2; each function names the module it implements.
+The formulas are the seed text's, as ``docs/DESIGN.md`` section 2 fixes what it leaves open; each function names
+the module it implements.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ import functools
 import torch
 import torch.nn.functional as F
 
-ATTENTION_MODES = ("gated", "vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "sfp")
+ATTENTION_MODES = ("gated", "vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "sfp", "proxy")
 SIMILARITY_MODES = ("gated",)  # the attention modes that take module 2's self-similarity map
 GLOBAL_DEBIAS_MODES = ("similarity", "uniform")
 
@@ -81,13 +82,17 @@ def suppress_outliers(
     grid_size: tuple[int, int],
     top_k: int,
     tau: float,
+    clamp: bool = False,
 ) -> torch.Tensor:
     """Module 1: replace the top-k outliers by their neighbours and decontaminate those neighbours.
 
     Every quantity is computed from the unmodified ``patches``, so the result does not depend on the
     order of the outliers. For outlier ``i`` with valid in-grid 8-neighbours ``N(i)``:
     ``x_i <- sum_j softmax_j(1 - cos(x_i, x_j)) x_j``; every non-outlier neighbour ``j`` receives
-    ``x_j <- x_j - sum_i tau * max(cos(x_i, x_j), 0) * x_i`` over the outliers it neighbours.
+    ``x_j <- x_j - sum_i tau * cos(x_i, x_j) * x_i`` over the outliers it neighbours (the seed text, section
+    "Bidirectional Decontamination"). ``clamp``: ``tau * max(cos, 0)`` instead, i.e. no decontamination away from
+    an anti-aligned outlier (the seed's code base: ``clamp(similarity * contamination_temp, 0, 1)``,
+    UserNameUnavailableIsUnavailable/CLIP-Decontamination@3e1b774:outlier_suppression.py:195-196).
 
     Args:
         patches: [B, N, D] patch tokens, row-major on ``grid_size``.
@@ -95,6 +100,7 @@ def suppress_outliers(
         grid_size: (rows, cols) with rows * cols == N.
         top_k: number of outliers; clamped to N, 0 disables the module.
         tau: decontamination strength.
+        clamp: clamp the decontamination strength at 0 (see above).
     Returns:
         [B, N, D] tensor of the same dtype.
     """
@@ -125,7 +131,7 @@ def suppress_outliers(
     is_outlier = torch.zeros(batch, num_patches, dtype=torch.bool, device=patches.device)
     is_outlier.scatter_(1, outliers, True)
     target = nbr_valid & ~is_outlier.gather(1, nbr.view(batch, -1)).view(batch, k, 8)
-    strength = tau * cos.clamp(min=0) * target  # [B, k, 8]
+    strength = tau * (cos.clamp(min=0) if clamp else cos) * target  # [B, k, 8]
     contamination = strength[..., None] * x_out[:, :, None]  # [B, k, 8, D]
     delta = torch.zeros_like(patches).scatter_add_(
         1, nbr.reshape(batch, -1, 1).expand(-1, -1, dim), contamination.reshape(batch, -1, dim)
@@ -225,6 +231,26 @@ def segearth_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     """SegEarth-OV: ``softmax(s QQᵀ) + softmax(s KKᵀ) + softmax(s VVᵀ)``
     (likyoo/SegEarth-OV@3e22a96:open_clip/transformer.py:641-645)."""
     return _softmax(_gram(q, q, scale)) + _softmax(_gram(k, k, scale)) + _softmax(_gram(v, v, scale))
+
+
+def proxy_attention(features: torch.Tensor, beta: float = 1.2, gamma: float = 3.0) -> torch.Tensor:
+    """ProxyCLIP's attention from a proxy's feature map (mc-lan/ProxyCLIP@e7b767f:open_clip/transformer.py:569-578):
+    ``softmax(gamma * (S - beta * mean(S)))`` with ``S`` the cosine similarities of the proxy's tokens and every
+    entry below 0 masked (``-inf``); the same for every head, no ``1/sqrt(d)``.
+
+    The mean is taken over each image's whole map (diagonal included); the official code takes it over the
+    whole batch tensor, which is the same for its batches of one window and keeps a window's result independent
+    of the batch it is in. A row whose entries are all negative (a nearly uniform window) is NaN, as there.
+
+    Args:
+        features: [B, C, h, w] proxy features.
+    Returns:
+        [B, h*w, h*w] attention probabilities (row-major tokens).
+    """
+    tokens = F.normalize(features.flatten(2), dim=1)  # [B, C, hw]
+    similarity = torch.matmul(tokens.transpose(1, 2), tokens)
+    logits = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * beta) * gamma
+    return _softmax(logits.masked_fill(logits < 0, float("-inf")))
 
 
 def thresholded_similarity(patches: torch.Tensor, threshold: float) -> torch.Tensor:
@@ -340,7 +366,8 @@ def attention_probs(
     """Dispatch to the last-block attention of ``mode``: -> [B, h, 1+N, 1+N].
 
     ``mode`` is one of ``ATTENTION_MODES`` except ``"sfp"``, whose last stage works on patch tokens only
-    (see [`sfp_attention`]). ``similarity`` is module 2's map (``"gated"`` only); ``gaussian_std`` is
+    (see [`sfp_attention`]), and ``"proxy"``, whose attention comes from the proxy's features (see
+    [`proxy_attention`]). ``similarity`` is module 2's map (``"gated"`` only); ``gaussian_std`` is
     NACLIP's neighbourhood width.
     """
     if similarity is not None and mode not in SIMILARITY_MODES:
@@ -410,6 +437,7 @@ __all__ = [
     "maskclip_attention",
     "naclip_attention",
     "outlier_scores",
+    "proxy_attention",
     "replace_with_neighbour_mean",
     "sclip_attention",
     "segearth_attention",

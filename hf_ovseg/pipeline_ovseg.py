@@ -16,7 +16,7 @@ never changed, so one pipeline can serve several threads with different settings
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
@@ -47,6 +47,7 @@ FORWARD_KEYS = (
     "area_threshold",
     "refine",
     "return_probabilities",
+    "normalize_probabilities",
 )
 POSTPROCESS_KEYS = ("return_label_map", "return_probabilities")
 
@@ -86,7 +87,7 @@ class CallSettings:
     forward: Callable[[torch.Tensor], torch.Tensor]
     labels: LabelSet
     names: list[str]
-    patch_size: int
+    window_multiple: int  # windows are padded to multiples of this (CLIP's patch, or a proxy's multiple)
     crop_size: int | None
     stride: int | None
     batch_size: int
@@ -96,6 +97,11 @@ class CallSettings:
     area_threshold: float | None
     refine: str | None
     return_probabilities: bool
+    normalize_probabilities: bool = False
+
+    def run(self, stitchers: Iterable[tuple[Any, Stitcher]]) -> Iterator[tuple[Any, torch.Tensor]]:
+        """Stitched logits ``(key, [Q, H, W])`` of many images with this call's windows (see ``run_windows``)."""
+        return run_windows(self.forward, stitchers, self.window_multiple, self.batch_size, self.padding)
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
@@ -118,7 +124,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         background_threshold (0.0) / background_label: pixels whose best probability is below the
             threshold get ``background_label`` (one of the labels, or a new one; default "background").
         return_label_map: return ``{"segments", "label_map", "labels"}`` instead of the segment list;
-        return_probabilities: also ``"probabilities"`` [C, H, W] (implies ``return_label_map``).
+        return_probabilities: also ``"probabilities"`` [C, H, W] (implies ``return_label_map``);
+        normalize_probabilities (False): those probabilities divided by their sum over the classes after the
+            labels are chosen, as NACLIP returns them (sinahmr/NACLIP@0cac3a6:naclip.py:153; labels and scores
+            unchanged).
         method / any method knob (``outlier_top_k=10``, ...): per-call setting, weights not reloaded.
         templates: prompt templates overriding the processor's.
 
@@ -196,7 +205,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         call = self.call_settings(**params)
         image = self.processor.image_processor.normalize_pixels(model_inputs["pixels"])
         stitcher = Stitcher.windows(image, call.crop_size, call.stride)
-        ((_, logits),) = run_windows(call.forward, [(None, stitcher)], call.patch_size, call.batch_size, call.padding)
+        ((_, logits),) = call.run([(None, stitcher)])
         return self.finish(logits, image, model_inputs["original_size"], call)
 
     def call_settings(
@@ -212,16 +221,17 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         area_threshold: float | None = None,
         refine: str | None = None,
         return_probabilities: bool = False,
+        normalize_probabilities: bool = False,
         settings: Any = None,
     ) -> CallSettings:
         """Everything one call needs besides the image: the text embeddings (cached), the forward of a crop
         batch with this call's method settings, and the protocol values."""
         model = self.model
+        model.check_components(settings or model.config)  # a missing SimFeatUp or proxy fails before any work
         text = self.processor.text_embeddings(model, labels, templates)
-        dtype = next(model.parameters()).dtype
 
         def forward(crops: torch.Tensor) -> torch.Tensor:
-            return model(crops.to(dtype), text_embeds=text, settings=settings).logits
+            return model(crops, text_embeds=text, settings=settings).logits
 
         names = list(labels.labels)
         background_index = None
@@ -233,8 +243,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         if stride is None and crop_size is not None:
             stride = max(1, crop_size // 2)
         return CallSettings(
-            forward, labels, names, model.config.vision_config.patch_size, crop_size, stride, crop_batch_size,
+            forward, labels, names, model.window_multiple(settings), crop_size, stride, crop_batch_size,
             patch_padding, background_threshold, background_index, area_threshold, refine, return_probabilities,
+            normalize_probabilities,
         )  # fmt: skip
 
     def finish(
@@ -248,7 +259,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             logits = pamr(guide, logits)
         prediction = predict_labels(
             logits, call.labels.synonym_index, size, call.background_threshold, call.background_index,
-            call.return_probabilities, call.area_threshold,
+            call.return_probabilities, call.area_threshold, normalize_probabilities=call.normalize_probabilities,
         )  # fmt: skip
         present = torch.nonzero(prediction.pixel_count).flatten()
         # [P, H, W] 0/255 masks made on the model's device; the bool->uint8 view and in-place scale avoid two

@@ -30,7 +30,7 @@ import numpy as np
 import torch
 
 from .image_processing_ovseg import rescale_size, resize_array
-from .inference import Stitcher, area_counts, axis_windows, label_chunks, run_windows
+from .inference import Stitcher, area_counts, axis_windows, label_chunks
 from .postprocess import area_keep_mask
 from .visualize import class_colors
 
@@ -239,7 +239,7 @@ def _resized(pipe, call, dataset, raster, dst, counts, short_side, long_side) ->
     pixels = torch.from_numpy(np.array(rgb)).permute(2, 0, 1)[None].to(device)
     image = pipe.processor.image_processor.normalize_pixels(pixels)
     stitcher = Stitcher.windows(image, call.crop_size, call.stride)
-    ((_, logits),) = run_windows(call.forward, [(None, stitcher)], call.patch_size, call.batch_size, call.padding)
+    ((_, logits),) = call.run([(None, stitcher)])
     native = (raster.height, raster.width)
     keep = None
     if call.area_threshold is not None:
@@ -284,9 +284,7 @@ def _native(pipe, call, dataset, raster, dst, counts, tile_size) -> None:
         rgb, valid = read_rgb(dataset, raster, window=Window(x0, y0, x1 - x0, y1 - y0))
         image = pipe.processor.image_processor.normalize_pixels(torch.from_numpy(rgb).permute(2, 0, 1)[None].to(device))
         boxes = [(t - y0, b - y0, l - x0, r - x0) for t, b in hit_rows for l, r in hit_cols]  # global order
-        ((_, logits),) = run_windows(
-            call.forward, [(None, Stitcher(image, boxes))], call.patch_size, call.batch_size, call.padding
-        )
+        ((_, logits),) = call.run([(None, Stitcher(image, boxes))])
         core = (slice(top - y0, bottom - y0), slice(left - x0, right - x0))
         return logits[:, core[0], core[1]], valid[core]
 

@@ -1,4 +1,4 @@
-"""Naive, loop-based implementations of the formulas of DESIGN.md section 2, written independently of
+"""Naive, loop-based implementations of the formulas of docs/DESIGN.md section 2, written independently of
 ``hf_ovseg.modules`` so that tests can compare the vectorised code against them."""
 
 from __future__ import annotations
@@ -40,7 +40,9 @@ def outlier_scores(attn_probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     return out
 
 
-def suppress_outliers(patches, scores, grid_size, top_k, tau):
+def suppress_outliers(patches, scores, grid_size, top_k, tau, clamp=False):
+    """Module 1 as the seed text writes it ("Bidirectional Decontamination": x_j - tau cos(x_i, x_j) x_i); with
+    ``clamp``, the seed's code base's strength clamp(tau * cos, 0, 1)."""
     rows, cols = grid_size
     x = patches.double()
     out = x.clone()
@@ -58,7 +60,8 @@ def suppress_outliers(patches, scores, grid_size, top_k, tau):
         for i in outliers:
             for j in neighbours(i, rows, cols):
                 if j not in outliers:
-                    out[b, j] -= tau * max(float(cos(x[b, i], x[b, j])), 0.0) * x[b, i]
+                    strength = tau * float(cos(x[b, i], x[b, j]))
+                    out[b, j] -= (min(max(strength, 0.0), 1.0) if clamp else strength) * x[b, i]
     return out
 
 

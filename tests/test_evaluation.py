@@ -18,7 +18,7 @@ from PIL import Image
 from hf_ovseg.cli import main
 from hf_ovseg.evaluation import DATASETS, METRIC_PATH, evaluate_methods, load_benchmark, update_model_card
 from hf_ovseg.evaluation.benchmarks import SPLITS_DIR, read_mask
-from hf_ovseg.evaluation.ovseg_miou.ovseg_miou import confusion_matrix
+from hf_ovseg.evaluation.metric import confusion_matrix
 
 from conftest import tiny_pipeline
 
@@ -186,7 +186,34 @@ def test_hand_computed_case_and_reduce_labels(miou):
     reduced = miou.compute(predictions=[pred], references=[ref + 1], num_labels=3, reduce_labels=True)
     np.testing.assert_allclose(reduced["per_category_iou"], [1 / 3, 2 / 4, 1 / 2])
     m = confusion_matrix(pred, ref, 3)
-    assert m.shape == (3, 4) and m[1, 3] == 1 and m.sum() == 7
+    assert m.shape == (4, 4) and m[1, 3] == 1 and m.sum() == 7 and m[3].sum() == 0
+
+
+def test_metric_is_mmseg_iou_metric_with_out_of_range_references():
+    """Against a re-implementation of mmseg's intersect_and_union / total_area_to_metrics: references outside the
+    classes (JPEG noise in a 0/1 mask: 2, 3, 128) are no class's label, but their predictions count towards the
+    predicted class's area (union); 255 alone is dropped. Dropping such pixels entirely (the old rule) changes
+    every number below: class 0's IoU would be 3/5 instead of 3/9."""
+    from anchors.mmseg import iou_metric
+
+    from hf_ovseg.evaluation.metric import confusion_matrix_torch, metrics_from_confusion
+
+    rng = np.random.default_rng(0)
+    refs = [rng.choice([0, 1, 2, 3, 128, 255], size=(17, 23), p=[0.4, 0.3, 0.1, 0.05, 0.05, 0.1]) for _ in range(3)]
+    preds = [rng.choice([0, 1, 5], size=(17, 23), p=[0.5, 0.45, 0.05]) for _ in range(3)]
+    matrix = sum(confusion_matrix(p, r, 2) for p, r in zip(preds, refs, strict=True))
+    ours = metrics_from_confusion(matrix)
+    expected = iou_metric(preds, refs, num_classes=2)
+    np.testing.assert_allclose(ours["per_category_iou"], expected["IoU"], rtol=1e-12)
+    np.testing.assert_allclose(ours["per_category_accuracy"], expected["Acc"], rtol=1e-12)
+    assert ours["overall_accuracy"] == pytest.approx(expected["aAcc"], rel=1e-12)
+    on_device = sum(confusion_matrix_torch(torch.from_numpy(p), torch.from_numpy(r), 2) for p, r in
+                    zip(preds, refs, strict=True))  # fmt: skip
+    assert np.array_equal(on_device.numpy(), matrix)
+    # a hand count: reference [0, 2, 2, 255], prediction [0, 0, 1, 0] -> class 0: intersect 1, label 1, predicted 2
+    small = metrics_from_confusion(confusion_matrix(np.array([0, 0, 1, 0]), np.array([0, 2, 2, 255]), 2))
+    assert small["per_category_iou"][0] == pytest.approx(1 / 2) and small["per_category_iou"][1] == 0.0
+    assert small["overall_accuracy"] == 1.0  # aAcc counts in-range references only
 
 
 # ---- runner ---------------------------------------------------------------------------------------
@@ -238,7 +265,7 @@ def test_runner_matches_manual_pipeline_and_metric(fixtures):
     pipe = tiny_pipeline()
     bench = load_benchmark("voc21", fixtures / "voc", limit=2)
     (result,) = evaluate_methods(pipe, bench, ["seed"], FAST, "tiny", progress=False)
-    matrix = np.zeros((21, 22), dtype=np.int64)
+    matrix = np.zeros((22, 22), dtype=np.int64)
     for item in bench.dataset:
         out = pipe(
             item["image"],

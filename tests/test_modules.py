@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from hf_ovseg import modules
+from hf_ovseg.configuration_ovseg import OVSegConfig
 
 import reference as ref
 
@@ -33,22 +34,23 @@ def test_outlier_scores_flags_token_cls_attends_more_than_itself():
     assert scores[0, 0].item() == pytest.approx(0.8 / (0.1 + 1e-6))
 
 
+@pytest.mark.parametrize("clamp", [False, True])
 @pytest.mark.parametrize("grid", [(3, 4), (1, 5), (4, 1), (2, 2)])
 @pytest.mark.parametrize("top_k", [1, 3, 7])
-def test_suppress_outliers_matches_loop(grid, top_k):
+def test_suppress_outliers_matches_loop(grid, top_k, clamp):
     g = torch.Generator().manual_seed(top_k)
     n = grid[0] * grid[1]
     patches = torch.randn(2, n, 6, generator=g)
     scores = torch.rand(2, n, generator=g)
-    got = modules.suppress_outliers(patches, scores, grid, top_k, tau=0.3)
+    got = modules.suppress_outliers(patches, scores, grid, top_k, tau=0.3, clamp=clamp)
     torch.testing.assert_close(
-        got.double(), ref.suppress_outliers(patches, scores, grid, top_k, 0.3), rtol=1e-5, atol=1e-6
+        got.double(), ref.suppress_outliers(patches, scores, grid, top_k, 0.3, clamp), rtol=1e-5, atol=1e-6
     )
 
 
 def test_suppress_outliers_replaces_with_neighbour_average_and_decontaminates():
     # 1x3 grid, middle token the only outlier: it becomes a softmax(1 - cos)-weighted mix of its two
-    # neighbours, and each neighbour loses tau * max(cos, 0) * x_outlier.
+    # neighbours, and each neighbour loses tau * cos * x_outlier.
     patches = torch.tensor([[[1.0, 0.0], [1.0, 1.0], [0.0, 2.0]]])
     scores = torch.tensor([[0.0, 5.0, 1.0]])
     got = modules.suppress_outliers(patches, scores, (1, 3), top_k=1, tau=0.5)
@@ -59,11 +61,17 @@ def test_suppress_outliers_replaces_with_neighbour_average_and_decontaminates():
     torch.testing.assert_close(got[0, 2], patches[0, 2] - 0.5 * c * patches[0, 1])
 
 
-def test_suppress_outliers_leaves_dissimilar_neighbour_alone():
+def test_decontamination_follows_the_seed_text_and_clamps_only_as_the_ablation():
+    """The seed text's x_j - tau cos(x_i, x_j) x_i also acts for an anti-aligned outlier (cos = -1: x_j gains
+    tau x_i's opposite); the code base's clamp(tau cos, 0, 1) (decontamination_clamp=True) leaves x_j alone."""
     patches = torch.tensor([[[-1.0, 0.0], [1.0, 0.0]]])
-    got = modules.suppress_outliers(patches, torch.tensor([[0.0, 1.0]]), (1, 2), top_k=1, tau=1.0)
-    torch.testing.assert_close(got[0, 0], patches[0, 0])  # cos = -1: clamped to 0
-    torch.testing.assert_close(got[0, 1], patches[0, 0])  # single neighbour gets weight 1
+    scores = torch.tensor([[0.0, 1.0]])
+    text = modules.suppress_outliers(patches, scores, (1, 2), top_k=1, tau=0.5)
+    torch.testing.assert_close(text[0, 0], patches[0, 0] + 0.5 * patches[0, 1])  # -(0.5 * -1) * x_i
+    clamped = modules.suppress_outliers(patches, scores, (1, 2), top_k=1, tau=0.5, clamp=True)
+    torch.testing.assert_close(clamped[0, 0], patches[0, 0])  # cos = -1: clamped to 0
+    torch.testing.assert_close(clamped[0, 1], patches[0, 0])  # single neighbour gets weight 1
+    assert OVSegConfig(method="seed").decontamination_clamp is False
 
 
 def test_suppress_outliers_top_k_zero_and_clamped():

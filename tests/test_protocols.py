@@ -75,6 +75,18 @@ DEFAULTS = {
         "patch_padding": ("none", "SFP_segmentor.py:89-93, 77-80"),
         "background_index": (0, "SFP_segmentor.py:178"),
     },
+    "proxyclip": {  # mc-lan/ProxyCLIP@e7b767f
+        "method": ("proxyclip", "configs/base_config.py:6 vfm_model='dino' (dino_vitb8, proxyclip_segmentor.py:53)"),
+        "crop_size": (336, "proxyclip_segmentor.py:31 slide_crop=336"),
+        "stride": (112, "proxyclip_segmentor.py:31 slide_stride=112"),
+        "dense_logit_scale": (40.0, "proxyclip_segmentor.py:30 logit_scale=40"),
+        "background_threshold": (0.0, "proxyclip_segmentor.py:30 prob_thd=0.0"),
+        "area_threshold": (None, "proxyclip_segmentor.py has no area_thd"),
+        "refine": (None, "proxyclip_segmentor.py has no PAMR"),
+        "patch_padding": ("center", "proxyclip_segmentor.py:218-231, 294-306 (pad to 56, cut back)"),
+        "background_index": (0, "proxyclip_segmentor.py:281"),
+        "synonym_separator": ("; ", "proxyclip_segmentor.py:336"),
+    },
 }
 
 #: Values set by each official configs/cfg_<dataset>.py (read off the files), with their lines.
@@ -369,6 +381,32 @@ CONFIGS = {
     },
 }  # fmt: skip
 
+_PROXY_CONFIGS = {
+    # dataset: (config, class file, prob_thd and its line or None, short side, resize line, crop, stride)
+    "voc21": ("cfg_voc21.py", "cls_voc21.txt", (0.2, 6), 336, 15, None),
+    "context60": ("cfg_context60.py", "cls_context60.txt", (0.15, 6), 336, 15, None),
+    "coco_object": ("cfg_coco_object.py", "cls_coco_object.txt", (0.25, 6), 336, 15, None),
+    "voc20": ("cfg_voc20.py", "cls_voc20.txt", None, 336, 14, None),
+    "context59": ("cfg_context59.py", "cls_context59.txt", None, 336, 14, None),
+    "coco_stuff164k": ("cfg_coco_stuff164k.py", "cls_coco_stuff.txt", None, 336, 14, None),
+    "cityscapes": ("cfg_city_scapes.py", "cls_city_scapes.txt", None, 448, 16, (224, 112, "6-7")),
+    "ade20k": ("cfg_ade20k.py", "cls_ade20k.txt", None, 448, 14, None),
+}
+for _dataset, (_config, _classes, _threshold, _short, _line, _slide) in _PROXY_CONFIGS.items():
+    CONFIGS[("proxyclip", _dataset)] = {
+        "classes": (f"proxyclip/{_classes}", f"{_config}:5"),
+        "long_side": (2048, f"{_config}:{_line}"),
+        "short_side": (_short, f"{_config}:{_line}"),
+        **({"background_threshold": (_threshold[0], f"{_config}:{_threshold[1]}")} if _threshold else {}),
+        **({"crop_size": (_slide[0], f"{_config}:{_slide[2]}"), "stride": (_slide[1], f"{_config}:{_slide[2]}")}
+           if _slide else {}),
+    }  # fmt: skip
+CONFIGS[("sclip", "coco_stuff10k")] = {
+    "classes": ("sclip/cls_coco_stuff.txt", "cfg_coco_stuff10k.py:5"),
+    "long_side": (2048, "cfg_coco_stuff10k.py:14"),
+    "short_side": (336, "cfg_coco_stuff10k.py:14"),
+}
+
 KNOBS = ("dense_logit_scale", "cls_logit_lambda", "naclip_gaussian_std", "sfp_residual_cls")
 
 
@@ -387,9 +425,21 @@ def test_protocol_values_are_the_official_configs(anchor, dataset):
     assert protocol.dtype == "float16"  # every anchor loads fp16 weights on the GPU
 
 
-def test_every_official_config_has_a_protocol_and_nothing_else_does():
+def test_every_official_config_has_a_protocol_and_nothing_else_does(fixtures):
+    """Against the config files listed in each official repository (tests/fixtures/official_configs.json, with
+    the commits): each is a protocol, or says in NOT_OFFERED why it is not; no protocol without a config."""
+    from hf_ovseg.evaluation.protocols import NOT_OFFERED
+
     pairs = {(name, dataset) for name, anchor in ANCHORS.items() for dataset in anchor.datasets}
     assert pairs == set(CONFIGS)
+    official = json.loads((fixtures / "official_configs.json").read_text())
+    assert set(official) == set(ANCHORS)
+    for anchor, listing in official.items():
+        shipped = {resolve_protocol(anchor, dataset).config for dataset in ANCHORS[anchor].datasets}
+        files = set(listing["configs"]) | set(listing.get("class_files_without_config", []))
+        unexplained = files - shipped - {what for (name, what) in NOT_OFFERED if name == anchor}
+        assert not unexplained, f"{anchor} ({listing['repo']}@{listing['commit'][:7]}): no protocol for {unexplained}"
+        assert shipped <= files, f"{anchor}: protocols without an official config: {shipped - files}"
     with pytest.raises(ValueError, match="protocol 'segearth' has no setting for 'voc21'"):
         resolve_protocol("segearth", "voc21")
     with pytest.raises(ValueError, match="unknown protocol 'mine'"):
@@ -444,6 +494,14 @@ CLASS_FILES = {
     "sfp/cls_context60.txt": ("5e620446a8699f29", 60),
     "sfp/cls_voc20.txt": ("317dafe95650b39e", 20),
     "sfp/cls_voc21.txt": ("3b5987c2d5028cff", 21),
+    "proxyclip/cls_ade20k.txt": ("e53ded02c488bdb9", 150),
+    "proxyclip/cls_city_scapes.txt": ("6f6782fc1bf92bfd", 19),
+    "proxyclip/cls_coco_object.txt": ("87b6d3e1d3adf520", 81),
+    "proxyclip/cls_coco_stuff.txt": ("fb98709b9ab1baff", 171),
+    "proxyclip/cls_context59.txt": ("cd808465f06a1616", 59),
+    "proxyclip/cls_context60.txt": ("5e620446a8699f29", 60),
+    "proxyclip/cls_voc20.txt": ("6b9a85ffb907e34a", 20),
+    "proxyclip/cls_voc21.txt": ("6a194e9134d44459", 21),
 }  # fmt: skip
 
 
@@ -458,13 +516,14 @@ def test_shipped_class_files_are_the_official_ones(relative):
 @pytest.mark.parametrize("anchor", list(ANCHORS))
 def test_class_files_parse_as_the_anchors_get_cls_idx(anchor):
     """Our parser gives each anchor's query list: SCLIP, NACLIP and SFP split lines on ', ', ClearCLIP and
-    SegEarth-OV on ',' (get_cls_idx in their segmentors); names are stripped (the tokenizer folds spaces)."""
-    separator = "," if anchor in ("clearclip", "segearth") else ", "
+    SegEarth-OV on ',' and ProxyCLIP on '; ' (get_cls_idx in their segmentors; ProxyCLIP's ADE names hold
+    commas); names are stripped (the tokenizer folds spaces)."""
+    separator = {"clearclip": ",", "segearth": ",", "proxyclip": "; "}.get(anchor, ", ")
     for dataset in ANCHORS[anchor].datasets:
         protocol = resolve_protocol(anchor, dataset)
         raw = (CLASSES_DIR / protocol.classes).read_text().split("\n")
         official = [tuple(name.strip() for name in line.split(separator)) for line in raw]
-        labels = parse_labels(protocol.prompts, strict=False)
+        labels = protocol.label_set()
         assert labels.synonyms == tuple(official), (anchor, dataset)
         assert len(labels.labels) == DATASETS[dataset].num_classes
 

@@ -111,19 +111,19 @@ def test_tiled_native_resolution_equals_the_whole_image(tmp_path):
 def test_tile_edges_fall_on_window_starts(tmp_path, monkeypatch):
     """With stride == crop, tiles of 50 px become tiles of 32 px, so no window runs twice (50 px tiles ran 24
     windows for 12)."""
-    import hf_ovseg.raster as raster_module
+    import hf_ovseg.pipeline_ovseg as pipeline_module
 
     write_scene(tmp_path / "scene.tif", height=96, width=128, dtype="uint8", nodata=0)
     pipe = tiny_pipeline("seed", outlier_top_k=3)
     labels = ["water", "forest", "road"]
     resize, call = pipe.prepare(labels, short_side=None, crop_size=32, stride=32)
-    windows, run_windows = [], raster_module.run_windows
+    windows, run_windows = [], pipeline_module.run_windows
 
     def counting_run_windows(forward, stitchers, *args):
         windows.extend(box for _, stitcher in stitchers for box in stitcher.boxes)
         return run_windows(forward, stitchers, *args)
 
-    monkeypatch.setattr(raster_module, "run_windows", counting_run_windows)
+    monkeypatch.setattr(pipeline_module, "run_windows", counting_run_windows)
     segment_raster(pipe, call, tmp_path / "scene.tif", tmp_path / "tiled.tif", None, None, tile_size=50)
     assert len(windows) == 3 * 4
     with rasterio.open(tmp_path / "tiled.tif") as written:
@@ -136,7 +136,7 @@ def test_tile_edges_fall_on_window_starts(tmp_path, monkeypatch):
 
 def test_resized_processing_equals_the_pipeline(tmp_path):
     write_scene(tmp_path / "scene.tif", dtype="uint8", nodata=0)
-    pipe = tiny_pipeline("segearth")
+    pipe = tiny_pipeline("segearth", feature_upsampling=False)
     labels = ["water", "forest", "road"]
     resize, call = pipe.prepare(labels, short_side=48, crop_size=32, stride=16)
     segment_raster(pipe, call, tmp_path / "scene.tif", tmp_path / "out.tif", 48, 2048)

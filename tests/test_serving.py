@@ -102,7 +102,7 @@ CALLS = [
     ({"method": "sclip", "dense_logit_scale": 65.0}, ["bus", "car", "road"]),
     ({"outlier_top_k": 2, "similarity_weight": 0.3}, ["person", "sky,clouds", "grass"]),
     ({"method": "naclip", "naclip_gaussian_std": 2.0}, ["sofa", "person"]),
-    ({"method": "segearth", "background_threshold": 0.4}, ["bottle", "wall"]),
+    ({"method": "segearth", "feature_upsampling": False, "background_threshold": 0.4}, ["bottle", "wall"]),
     ({"method": "maskclip"}, ["person", "sky,clouds", "grass"]),
     ({"global_debias_factor": 0.5, "area_threshold": 0.1}, ["bus", "car"]),
 ]

@@ -6,7 +6,6 @@ The upsampler's math against the official formulation is tested in test_anchor_p
 from __future__ import annotations
 
 import json
-import logging
 
 import numpy as np
 import pytest
@@ -69,18 +68,23 @@ def test_checkpoint_round_trips_through_convert(tiny_folder, tmp_path, capsys):
     assert without.logits.shape == (1, 3, 4, 6)
 
 
-def test_any_preset_can_use_the_upsampler_and_segearth_warns_without_one(caplog):
+def test_any_preset_can_use_the_upsampler_and_segearth_fails_without_one():
+    """No silent fallback: segearth on a model without SimFeatUp is an error naming the convert flag, unless the
+    call says feature_upsampling=False (what then runs, and is recorded)."""
     model = tiny_model(feature_upsampler="jbu_stack")
     pixels, text = torch.randn(1, 3, 32, 32), torch.randn(2, 16)
     with torch.no_grad():
         seed = model(pixels, text_embeds=text, settings=model.config.with_method("seed", feature_upsampling=True))
     assert seed.logits.shape == (1, 2, 64, 64)
     plain = tiny_model("segearth")
-    with caplog.at_level(logging.WARNING), torch.no_grad():
+    with pytest.raises(ValueError, match=r"carries no feature upsampler: embed one with `hf-ovseg convert CLIP OUT "
+                                         r"--feature-upsampler CKPT`"), torch.no_grad():  # fmt: skip
         plain(pixels, text_embeds=text)
-        plain(pixels, text_embeds=text)
-    warnings = [r for r in caplog.records if "carries no feature upsampler" in r.getMessage()]
-    assert len(warnings) == 1  # said once
+    without = plain.config.with_method("segearth", feature_upsampling=False)
+    with torch.no_grad():
+        assert plain(pixels, text_embeds=text, settings=without).logits.shape == (1, 2, 4, 4)
+    assert plain.components(without) == {"feature_upsampler": None, "proxy": None}
+    assert model.components(model.config.with_method("segearth")) == {"feature_upsampler": "jbu_stack", "proxy": None}
 
 
 def test_forward_upsamples_crop_by_crop():
@@ -170,3 +174,41 @@ def test_remote_code_folder_with_upsampler_in_clean_process(tiny_folder, tmp_pat
     with torch.no_grad():
         expected = model(data["pixels"], text_embeds=data["text"], settings=model.config.with_method("segearth"))
     assert torch.equal(torch.load(tmp_path / "out.pt"), expected.logits)
+
+
+def potsdam_root(folder, fixtures):
+    """A one-image ISPRS Potsdam layout (img_dir/val, ann_dir/val; labels 1..6, reduce_zero_label)."""
+    from PIL import Image
+
+    (folder / "img_dir" / "val").mkdir(parents=True)
+    (folder / "ann_dir" / "val").mkdir(parents=True)
+    photo = Image.open(fixtures / "voc" / "JPEGImages" / "2011_000006.jpg").convert("RGB").resize((96, 72))
+    photo.save(folder / "img_dir" / "val" / "tile.png")
+    mask = np.random.default_rng(0).integers(1, 7, (72, 96), dtype=np.uint8)
+    Image.fromarray(mask).save(folder / "ann_dir" / "val" / "tile.png")
+    return folder
+
+
+def test_segearth_protocol_records_what_ran(tiny_folder, fixtures, tmp_path, capsys):
+    """--protocol segearth on a model without SimFeatUp stops with one line naming the convert flag; with
+    --no-feature-upsampler it runs and the result says feature_upsampling=false; with the upsampler embedded it
+    says which one ran."""
+    root = potsdam_root(tmp_path / "potsdam", fixtures)
+    args = ["evaluate", "--dataset", "potsdam", "--protocol", "segearth", "--data-root", str(root), "--short-side",
+            "48", "--crop-size", "32", "--stride", "16", "--num-workers", "0"]  # fmt: skip
+    assert main([*args, "--model", str(tiny_folder)]) == 2
+    error = capsys.readouterr().err.strip()
+    assert error.count("\n") == 0 and "hf-ovseg convert CLIP OUT --feature-upsampler CKPT" in error
+    assert "--no-feature-upsampler" in error
+    out = tmp_path / "without.json"
+    assert main([*args, "--model", str(tiny_folder), "--no-feature-upsampler", "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["knobs"]["feature_upsampling"] is False and result["components"]["feature_upsampler"] is None
+    ckpt = tmp_path / "jbu.ckpt"
+    official_checkpoint(ckpt)
+    with_upsampler = tmp_path / "with"
+    assert main(["convert", str(tiny_folder), str(with_upsampler), "--feature-upsampler", str(ckpt)]) == 0
+    out = tmp_path / "with.json"
+    assert main([*args, "--model", str(with_upsampler), "--out", str(out)]) == 0
+    result = json.loads(out.read_text())
+    assert result["knobs"]["feature_upsampling"] is True and result["components"]["feature_upsampler"] == "jbu_one"

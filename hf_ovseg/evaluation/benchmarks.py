@@ -201,6 +201,11 @@ DATASETS: dict[str, DatasetSpec] = {
             "cls_coco_stuff.txt", notes="COCO-Stuff 164k val2017, 171 classes",
         ),
         _natural(
+            "coco_stuff10k", "images/test2014", "annotations/test2014", ".jpg", "_labelTrainIds.png", 171,
+            "cls_coco_stuff.txt", mask_mapping="reduce_zero_label",
+            notes="COCO-Stuff 10k test (mmseg converter: train ids 1..171, 0 = unlabelled, ignored)",
+        ),
+        _natural(
             "cityscapes", "leftImg8bit/val", "gtFine/val", "_leftImg8bit.png", "_gtFine_labelIds.png", 19,
             "cls_city_scapes.txt", mask_mapping="cityscapes",
             notes="Cityscapes val, labelIds mapped to the 19 train ids",

@@ -14,7 +14,8 @@ softmax over every class name, max over each class's names, area threshold, ``pr
 
 Normalisation: the anchors' ``SegDataPreProcessor`` uses CLIP's mean/std rounded to three decimals in 0-255
 units ([122.771, 116.746, 104.094] / [68.501, 66.632, 70.323]); the pipeline uses the processor's (CLIP's)
-values, a difference below 1e-6 after normalisation.
+exact values. Over every uint8 input the normalised values differ by at most 1.41e-5 (red), 5.1e-6 (green)
+and 7.2e-6 (blue) (computed over 0..255 for each channel).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from ..labels import LabelSet, parse_labels
 from .benchmarks import DATASETS, read_class_file
 
 _SCLIP = "wangf3014/SCLIP@b56bd30"
@@ -29,6 +31,7 @@ _NACLIP = "sinahmr/NACLIP@0cac3a6"
 _CLEARCLIP = "mc-lan/ClearCLIP@ad68a40"
 _SEGEARTH = "likyoo/SegEarth-OV@3e22a96"
 _SFP = "Kimsure/SFP@2804f5b:SFP_ICCV"
+_PROXYCLIP = "mc-lan/ProxyCLIP@e7b767f"
 
 
 @dataclass(frozen=True)
@@ -42,7 +45,10 @@ class Protocol:
     patch_padding: how a window whose sides are not patch multiples is run (see ``inference.PATCH_PADDINGS``).
     background_threshold / background_index: ``prob_thd`` and the class it sends pixels to.
     area_threshold: ``area_thd`` (None = off). refine: ``"pamr"`` or None.
+    normalize_probabilities: the returned probabilities renormalised after the labels are chosen (NACLIP).
     classes: the class file, ``<anchor>/cls_<name>.txt``. config: the anchor's config file.
+    synonym_separator: what separates a class's names in its class file (None: commas, as the other anchors'
+        ``get_cls_idx`` split on ``", "`` or ``","``; ProxyCLIP's: ``"; "``).
     dtype: the precision the anchor runs in on a GPU (all of them: fp16 weights).
     """
 
@@ -61,6 +67,8 @@ class Protocol:
     area_threshold: float | None = None
     refine: str | None = None
     knobs: dict[str, Any] = field(default_factory=dict)
+    normalize_probabilities: bool = False
+    synonym_separator: str | None = None
     dtype: str = "float16"
 
     def to_dict(self) -> dict[str, Any]:
@@ -70,6 +78,11 @@ class Protocol:
     def prompts(self) -> list[str]:
         """The class lines of the anchor's class file."""
         return read_class_file(self.classes)
+
+    def label_set(self, tokenizer: Any = None) -> LabelSet:
+        """The class file parsed as the anchor's ``get_cls_idx`` does (its separator); a name may belong to two
+        classes, as in the anchors' COCO-Object files ("bed")."""
+        return parse_labels(self.prompts, tokenizer, strict=False, separator=self.synonym_separator)
 
     def pipeline_arguments(self) -> dict[str, Any]:
         """The pipeline call arguments of this protocol (the class names and background label excluded)."""
@@ -82,6 +95,7 @@ class Protocol:
             "background_threshold": self.background_threshold,
             "area_threshold": self.area_threshold,
             "refine": self.refine,
+            "normalize_probabilities": self.normalize_probabilities,
             "method": self.method,
             **self.knobs,
         }
@@ -139,17 +153,21 @@ SCLIP = Anchor(
         # cfg_coco_stuff164k.py:5, 14
         "coco_stuff164k": {"config": "cfg_coco_stuff164k.py", "classes": "sclip/cls_coco_stuff.txt",
                            **_resize(448)},
+        # cfg_coco_stuff10k.py:5, 14 (mmseg's COCOStuffDataset, reduce_zero_label=True: 15, 27)
+        "coco_stuff10k": {"config": "cfg_coco_stuff10k.py", "classes": "sclip/cls_coco_stuff.txt",
+                          **_resize(336)},
     },
 )  # fmt: skip
 
 # NACLIP: naclip.py:20-22 (defaults: arch='reduced', gaussian_std=5, pamr_steps=10, pamr_stride=(8, 16),
 # prob_thd=0, logit_scale=40, slide 224/112); README / test_all.sh reproduce with "reduced naclip 5 on"
-# (eval.py:56-57: PAMR on = 10 steps); naclip.py:54-69 (no padding: patch_padding="none").
+# (eval.py:56-57: PAMR on = 10 steps); naclip.py:54-69 (no padding: patch_padding="none"); naclip.py:153
+# (the probabilities it returns are renormalised after the labels are chosen).
 NACLIP = Anchor(
     "naclip",
     _NACLIP,
     base={"method": "naclip", "crop_size": 224, "stride": 112, "patch_padding": "none", "refine": "pamr",
-          "knobs": {"dense_logit_scale": 40.0, "naclip_gaussian_std": 5.0}},
+          "normalize_probabilities": True, "knobs": {"dense_logit_scale": 40.0, "naclip_gaussian_std": 5.0}},
     datasets={
         # configs/cfg_voc21.py:5-7, 16 (slide_crop=0: the whole image)
         "voc21": {"config": "cfg_voc21.py", "classes": "naclip/cls_voc21.txt", **_resize(336),
@@ -299,7 +317,58 @@ SFP = Anchor(
     },
 )  # fmt: skip
 
-ANCHORS: dict[str, Anchor] = {anchor.name: anchor for anchor in (SCLIP, NACLIP, CLEARCLIP, SEGEARTH, SFP)}
+# ProxyCLIP: proxyclip_segmentor.py:30-31 (defaults: prob_thd=0, logit_scale=40, beta=1.2, gamma=3.0,
+# slide_stride=112, slide_crop=336), 218-231 (each window zero-padded on both sides to a multiple of 56, the odd
+# pixel right/bottom, its logits cut back: patch_padding="center" with the preset's window_multiple=56), 267-281
+# (prob_thd sends pixels to class 0), 329-340 (class files split on "; "); configs/base_config.py:4-7 (openai
+# ViT-B/16, vfm_model='dino': dino_vitb8). --method proxyclip_dinov2 / proxyclip_sam run its other proxies.
+PROXYCLIP = Anchor(
+    "proxyclip",
+    _PROXYCLIP,
+    base={"method": "proxyclip", "crop_size": 336, "stride": 112, "patch_padding": "center",
+          "synonym_separator": "; ", "knobs": {"dense_logit_scale": 40.0}},
+    datasets={
+        # configs/cfg_voc21.py:5-6, 15
+        "voc21": {"config": "cfg_voc21.py", "classes": "proxyclip/cls_voc21.txt", **_resize(336),
+                  "background_threshold": 0.2},
+        # cfg_context60.py:5-6, 15
+        "context60": {"config": "cfg_context60.py", "classes": "proxyclip/cls_context60.txt", **_resize(336),
+                      "background_threshold": 0.15},
+        # cfg_coco_object.py:5-6, 15
+        "coco_object": {"config": "cfg_coco_object.py", "classes": "proxyclip/cls_coco_object.txt", **_resize(336),
+                        "background_threshold": 0.25},
+        # cfg_voc20.py:5, 14
+        "voc20": {"config": "cfg_voc20.py", "classes": "proxyclip/cls_voc20.txt", **_resize(336)},
+        # cfg_context59.py:5, 14
+        "context59": {"config": "cfg_context59.py", "classes": "proxyclip/cls_context59.txt", **_resize(336)},
+        # cfg_coco_stuff164k.py:5, 14
+        "coco_stuff164k": {"config": "cfg_coco_stuff164k.py", "classes": "proxyclip/cls_coco_stuff.txt",
+                           **_resize(336)},
+        # cfg_city_scapes.py:5-7, 16 (slide_crop=224, slide_stride=112)
+        "cityscapes": {"config": "cfg_city_scapes.py", "classes": "proxyclip/cls_city_scapes.txt", **_resize(448),
+                       "crop_size": 224, "stride": 112},
+        # cfg_ade20k.py:5, 14
+        "ade20k": {"config": "cfg_ade20k.py", "classes": "proxyclip/cls_ade20k.txt", **_resize(448)},
+    },
+)  # fmt: skip
+
+ANCHORS: dict[str, Anchor] = {
+    anchor.name: anchor for anchor in (SCLIP, NACLIP, CLEARCLIP, SEGEARTH, SFP, PROXYCLIP)
+}
+
+#: The official configs (and class files without a config) that have no protocol here, and why. Every config
+#: file of every anchor is either a protocol above or listed here (tests/fixtures/official_configs.json).
+NOT_OFFERED: dict[tuple[str, str], str] = {
+    ("sfp", "cfg_city_scapes_local.py"): "the same setting as cfg_city_scapes.py (it differs only in data_root, "
+    "line 10, the authors' local path): use --protocol sfp --dataset cityscapes",
+    ("proxyclip", "cfg_context459.py"): "no Pascal Context-459 loader yet (detectron2's .tif annotations)",
+    ("proxyclip", "cfg_ade847.py"): "no ADE20K-847 loader yet (detectron2's .tif annotations)",
+    ("segearth", "cls_massachusetts_building.txt"): "SegEarth-OV ships the class file but no config or dataset "
+    "class for it, so there is no setting to reproduce",
+    ("maskclip", "configs/maskclip/*.py"): "MaskCLIP's mmseg 0.x evaluation (ImageNet mean/std, bottom-right "
+    "padding to a multiple of 16, whole-image inference, text embeddings from its own 85 templates and class "
+    "lists) is not offered; the maskclip preset is its model code",
+}
 
 SOURCES = {
     "sclip": f"SCLIP (Wang et al., ECCV 2024), {_SCLIP}: clip_segmentor.py, configs/cfg_*.py, configs/cls_*.txt",
@@ -310,6 +379,8 @@ SOURCES = {
     "segearth": f"SegEarth-OV (Li et al., CVPR 2025), {_SEGEARTH}: segearth_segmentor.py, configs/cfg_*.py, "
     "configs/cls_*.txt; SimFeatUp when the model carries it (hf-ovseg convert --feature-upsampler)",
     "sfp": f"SFP (Jin et al., ICCV 2025), {_SFP}: SFP_segmentor.py, clip/model.py, configs/cfg_*.py, configs/cls_*.txt",
+    "proxyclip": f"ProxyCLIP (Lan et al., ECCV 2024), {_PROXYCLIP}: proxyclip_segmentor.py, open_clip/transformer.py, "
+    "configs/cfg_*.py, configs/cls_*.txt; needs a model with a proxy (hf-ovseg convert --proxy)",
 }
 
 
@@ -351,4 +422,19 @@ def protocol_table() -> str:
     return "\n".join(lines)
 
 
-__all__ = ["ANCHORS", "SOURCES", "Anchor", "Protocol", "protocol_table", "resolve_protocol", "with_overrides"]
+def not_offered_table() -> str:
+    """The official configs without a protocol, and why (printed by ``hf-ovseg protocols``)."""
+    return "\n".join(f"- {anchor} {what}: {why}" for (anchor, what), why in NOT_OFFERED.items())
+
+
+__all__ = [
+    "ANCHORS",
+    "NOT_OFFERED",
+    "SOURCES",
+    "Anchor",
+    "Protocol",
+    "not_offered_table",
+    "protocol_table",
+    "resolve_protocol",
+    "with_overrides",
+]

@@ -17,7 +17,10 @@ import torch
 from ..image_processing_ovseg import resized_pixels
 from ..labels import parse_labels
 from .benchmarks import BenchmarkDataset
-from .ovseg_miou.ovseg_miou import confusion_matrix, metrics_from_confusion
+from .metric import confusion_matrix, metrics_from_confusion
+
+#: Knobs that apply to every method of an ablation (the others belong to the protocol's own preset).
+SHARED_KNOBS = ("dense_logit_scale", "feature_upsampling")
 
 CARD_START, CARD_END = "<!-- hf-ovseg:eval:start -->", "<!-- hf-ovseg:eval:end -->"
 
@@ -30,6 +33,7 @@ class EvaluationResult:
     model: str
     method: str
     knobs: dict[str, Any]
+    components: dict[str, Any]
     protocol: dict[str, Any]
     per_class_iou: dict[str, float]
     miou: float
@@ -73,6 +77,7 @@ def evaluate_methods(
     reduce: Callable[[np.ndarray], np.ndarray] | None = None,
     progress: bool = True,
     num_workers: int = 0,
+    synonym_separator: str | None = None,
 ) -> list[EvaluationResult]:
     """Run every method over this process's shard of ``bench`` and score it.
 
@@ -83,9 +88,10 @@ def evaluate_methods(
         pipe: a ``zero-shot-image-segmentation`` pipeline (weights are loaded once, reused by all methods).
         call_arguments: pipeline call arguments (resize, window, thresholds, refine, method knobs); a
             ``background_threshold`` > 0 needs ``background_index`` (the class thresholded pixels go to).
-            Knobs other than ``dense_logit_scale`` apply only to the method given as ``call_arguments["method"]``
-            (a protocol's preset), so an ablation over several methods keeps each preset's own values.
-        prompts: the class lines (synonyms comma-separated); default the dataset's class file.
+            Knobs other than ``SHARED_KNOBS`` apply only to the method given as ``call_arguments["method"]`` (a
+            protocol's preset), so an ablation over several methods keeps each preset's own values.
+        prompts: the class lines (synonyms comma-separated, or separated by ``synonym_separator``); default the
+            dataset's class file.
         record: descriptive entries (protocol name, source, config) stored with the result.
         process_index, num_processes: this process takes images ``process_index::num_processes``.
         reduce: sums a confusion matrix over processes (identity on one process).
@@ -94,26 +100,33 @@ def evaluate_methods(
 
     from ..bulk import loader
     from ..configuration_ovseg import METHOD_KNOBS
-    from ..inference import Stitcher, run_windows
+    from ..inference import Stitcher
 
     spec = bench.spec
     prompts = spec.prompts if prompts is None else prompts
     if len(prompts) != spec.num_classes:
         raise ValueError(f"{spec.name}: {len(prompts)} class lines for {spec.num_classes} classes")
-    labels = parse_labels(prompts, strict=False)  # the anchors' files may share a name between classes
+    # the anchors' files may share a name between classes
+    labels = parse_labels(prompts, strict=False, separator=synonym_separator)
     arguments = dict(call_arguments)
     protocol_method = arguments.pop("method", None)
     background_index = arguments.pop("background_index", spec.background_index)
     knobs = {k: arguments.pop(k) for k in METHOD_KNOBS if k in arguments}
-    if (arguments.get("background_threshold") or 0) > 0:
-        if background_index is None:
-            raise ValueError(f"{spec.name} has no background class, so a background threshold cannot be used")
+    if background_index is not None:
+        # where prob_thd sends pixels, and the class the area threshold leaves out whatever the threshold (SCLIP
+        # and SFP skip class 0 in the area test unconditionally: wangf3014/SCLIP@b56bd30:clip_segmentor.py:165)
         arguments["background_label"] = labels.labels[background_index]
+    elif (arguments.get("background_threshold") or 0) > 0:
+        raise ValueError(f"{spec.name} has no background class, so a background threshold cannot be used")
     indices = range(process_index, len(bench), num_processes)
     device = next(pipe.model.parameters()).device
+    shared = {k: v for k, v in knobs.items() if k in SHARED_KNOBS}
+    own_knobs = {method: knobs if method == protocol_method else shared for method in methods}
+    for method in methods:  # a missing SimFeatUp or proxy fails before the first image
+        pipe.model.check_components(pipe.model.config.with_method(method, **own_knobs[method]))
     results = []
     for method in methods:
-        own = knobs if method == protocol_method else {k: v for k, v in knobs.items() if k == "dense_logit_scale"}
+        own = own_knobs[method]
         resize, call = pipe.prepare(labels, method=method, **own, **arguments)
         images = BenchmarkImages(bench, indices, resize["short_side"], resize["long_side"])
 
@@ -122,14 +135,12 @@ def evaluate_methods(
                 image = pipe.processor.image_processor.normalize_pixels(pixels.to(device))
                 yield (image, size, mask), Stitcher.windows(image, call.crop_size, call.stride)
 
-        matrix = np.zeros((spec.num_classes, spec.num_classes + 1), dtype=np.int64)
+        matrix = np.zeros((spec.num_classes + 1, spec.num_classes + 1), dtype=np.int64)
         start = time.perf_counter()
         bar = tqdm(total=len(indices), desc=f"{spec.name} {method}", unit="img", disable=not progress,
                    dynamic_ncols=True)  # fmt: skip
         with torch.inference_mode():
-            for (image, size, mask), logits in run_windows(
-                call.forward, stitchers(), call.patch_size, call.batch_size, call.padding
-            ):
+            for (image, size, mask), logits in call.run(stitchers()):
                 label_map = pipe.finish(logits, image, size, call)["prediction"].label_map.cpu().numpy()
                 matrix += confusion_matrix(label_map, mask, spec.num_classes)
                 bar.update()
@@ -146,6 +157,7 @@ def evaluate_methods(
                 model=model_name,
                 method=method,
                 knobs=settings.method_knobs(),
+                components=pipe.model.components(settings),
                 protocol={**(record or {}), **arguments, "background_index": background_index, "classes": prompts},
                 per_class_iou={
                     n: _percent(v) for n, v in zip(spec.class_names, scores["per_category_iou"], strict=True)

@@ -100,6 +100,7 @@ def naclip_predict(
     seg_probs = merge_synonyms(seg_probs, query_idx)
     seg_pred = seg_probs.argmax(0, keepdim=True)
     seg_pred[seg_probs.max(0, keepdim=True)[0] < prob_thd] = 0
+    seg_probs /= seg_probs.sum(0, keepdim=True)  # naclip.py:153, after the labels are chosen
     return seg_pred[0], seg_probs
 
 
