@@ -127,10 +127,12 @@ def load_model_and_processor(
     method: str = "seed",
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    proxy: str | None = None,
     **knobs: Any,
 ) -> tuple[OVSegModel, OVSegProcessor]:
     """Load an [`OVSegModel`] and its processor from an OVSeg folder, an HF CLIP folder or a Hub repo id.
-    A folder without an image-processor config gets CLIP's normalisation."""
+    A folder without an image-processor config gets CLIP's normalisation. ``proxy``: a transformers folder or Hub
+    id of a proxy vision model (DINO, DINOv2, SAM) to attach, as ``hf-ovseg convert --proxy`` embeds one."""
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     if os.path.exists(model) and not os.path.isdir(model):
         raise ValueError(
@@ -156,6 +158,10 @@ def load_model_and_processor(
         if "safetensor" not in error.__class__.__name__.lower() and "header" not in str(error).lower():
             raise
         raise ValueError(f"the weights of {model!r} are truncated or corrupted ({first_line(error, 200)})") from None
+    if proxy is not None:
+        from .convert import embed_proxy, read_proxy
+
+        embed_proxy(ovseg, *read_proxy(proxy))
     return ovseg.to(torch_device).eval(), processor
 
 
@@ -164,8 +170,10 @@ def load_pipeline(
     method: str = "seed",
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
+    proxy: str | None = None,
     **knobs: Any,
 ) -> ZeroShotImageSegmentationPipeline:
-    """A ready ``zero-shot-image-segmentation`` pipeline; see [`load_model_and_processor`]."""
-    ovseg, processor = load_model_and_processor(model, method, dtype, device, **knobs)
+    """A ready ``zero-shot-image-segmentation`` pipeline; see [`load_model_and_processor`]
+    (``load_pipeline("openai/clip-vit-base-patch16", method="proxyclip", proxy="facebook/dino-vitb8")``)."""
+    ovseg, processor = load_model_and_processor(model, method, dtype, device, proxy, **knobs)
     return ZeroShotImageSegmentationPipeline(model=ovseg, processor=processor, task=TASK, device=ovseg.device)

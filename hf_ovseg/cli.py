@@ -251,18 +251,30 @@ def convert_command(args: argparse.Namespace) -> int:
         license_id=args.license,
         feature_upsampler=args.feature_upsampler,
         trust_pickle=args.trust_pickle,
+        proxy=args.proxy,
     )
     print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
+    config = json.loads((out / "config.json").read_text())
     if args.feature_upsampler:
-        from safetensors import safe_open
-
-        kind = json.loads((out / "config.json").read_text())["feature_upsampler"]
-        with safe_open(out / "model.safetensors", "pt") as weights:
-            names = [k for k in weights.keys() if k.startswith("feature_upsampler.")]
-            count = sum(math.prod(weights.get_slice(k).get_shape()) for k in names)
-        print(f"embedded SimFeatUp {kind} ({len(names)} tensors, {count:,d} values) from {args.feature_upsampler}")
+        names, count = saved_tensors(out, "feature_upsampler.")
+        print(f"embedded SimFeatUp {config['feature_upsampler']} ({names} tensors, {count:,d} values) from "
+              f"{args.feature_upsampler}")  # fmt: skip
+    if args.proxy:
+        names, count = saved_tensors(out, "proxy_model.")
+        kind = config["proxy_config"]["model_type"]
+        print(f"embedded the proxy {args.proxy} ({kind}: {names} tensors, {count:,d} values); its methods: "
+              "proxyclip (dino), proxyclip_dinov2, proxyclip_sam, seed_proxy")  # fmt: skip
     print(f'check it:  hf-ovseg segment photo.jpg --labels "road,tree,sky" --model {out}')
     return 0
+
+
+def saved_tensors(folder: Path, prefix: str) -> tuple[int, int]:
+    """How many tensors, and values, a saved model.safetensors holds under ``prefix``."""
+    from safetensors import safe_open
+
+    with safe_open(folder / "model.safetensors", "pt") as weights:
+        names = [k for k in weights.keys() if k.startswith(prefix)]
+        return len(names), sum(math.prod(weights.get_slice(k).get_shape()) for k in names)
 
 
 REQUIRED_FILES = ("config.json", "model.safetensors", "processor_config.json", "modeling_ovseg.py", "README.md")
@@ -487,6 +499,12 @@ def build_parser() -> argparse.ArgumentParser:
     )
     conv.add_argument(
         "--trust-pickle", action="store_true", help="allow a checkpoint that needs full unpickling (runs its code)"
+    )
+    conv.add_argument(
+        "--proxy",
+        default=None,
+        help="a proxy vision model to embed (HF folder or Hub id): DINO (facebook/dino-vitb8), DINOv2 "
+        "(facebook/dinov2-with-registers-base) or SAM (facebook/sam-vit-base), for the proxyclip presets",
     )
     conv.set_defaults(run=convert_command)
 

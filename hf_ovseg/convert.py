@@ -370,6 +370,22 @@ def embed_feature_upsampler(model: OVSegModel, kind: str, tensors: dict[str, tor
     model.config.feature_upsampler = kind
 
 
+def read_proxy(source: str) -> tuple[Any, torch.nn.Module]:
+    """A proxy's ``(config, model)`` (see [`load_proxy`]); any failure is a one-line ``ConversionError``."""
+    from .proxy import load_proxy
+
+    try:
+        return load_proxy(source)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ConversionError(f"cannot use {source!r} as a proxy: {first_line(error, 300)}") from None
+
+
+def embed_proxy(model: OVSegModel, config: Any, proxy_model: torch.nn.Module) -> None:
+    """Give ``model`` the proxy ``proxy_model`` (weights under ``proxy_model.*``, ``config.proxy_config``)."""
+    model.config.proxy_config = config
+    model.proxy_model = proxy_model.to(next(model.parameters()).dtype).eval()
+
+
 # -- folders -----------------------------------------------------------------------------------------
 
 
@@ -391,8 +407,28 @@ def template_path(name: str = "ovseg_model_card.md") -> Path:
     raise FileNotFoundError(f"model card template {name} not found")
 
 
-def render_model_card(config: OVSegConfig, source: str, license_id: str, base_model: str | None) -> str:
+#: Licences of the proxies' usual Hub checkpoints (their model cards), for the model card's component list.
+PROXY_LICENSES = {"facebook/dino": "apache-2.0", "facebook/dinov2": "apache-2.0", "facebook/sam": "apache-2.0"}
+
+
+def proxy_license(source: str) -> str:
+    return next((lic for prefix, lic in PROXY_LICENSES.items() if source.startswith(prefix)), "see its model card")
+
+
+def render_model_card(
+    config: OVSegConfig, source: str, license_id: str, base_model: str | None, proxy: str | None = None,
+    upsampler: str | None = None,
+) -> str:  # fmt: skip
+    """The model card: the method, its knobs, usage, and every component with its source and licence."""
     knobs = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.method_knobs().items())
+    components = [f"- CLIP: `{source}` (licence: {license_id})"]
+    if proxy is not None:
+        kind, model_type = config.proxy_model_kind, config.proxy_config.model_type
+        components.append(f"- proxy vision model ({kind}, `{model_type}`): `{proxy}` (licence: "
+                          f"{proxy_license(proxy)}); used by the proxy presets (proxyclip, seed_proxy)")  # fmt: skip
+    if upsampler is not None:
+        components.append(f"- SimFeatUp `{config.feature_upsampler}` weights: `{upsampler}` (SegEarth-OV's, "
+                          "Apache-2.0); used by the segearth preset")  # fmt: skip
     values = {
         "license": license_id,
         "base_model": f"base_model: {base_model}\n" if base_model else "",
@@ -401,6 +437,7 @@ def render_model_card(config: OVSegConfig, source: str, license_id: str, base_mo
         "knobs": knobs,
         "patch_size": config.vision_config.patch_size,
         "image_size": config.vision_config.image_size,
+        "components": "\n".join(components),
     }
     return string.Template(template_path().read_text(encoding="utf-8")).substitute(values)
 
@@ -421,11 +458,14 @@ def convert(
     license_id: str | None = None,
     feature_upsampler: str | None = None,
     trust_pickle: bool = False,
+    proxy: str | None = None,
 ) -> Path:
     """Convert ``source`` into a complete OVSeg folder at ``out_dir``; see the module docstring.
-    ``feature_upsampler``: a SimFeatUp checkpoint to embed (see [`read_upsampler_checkpoint`])."""
+    ``feature_upsampler``: a SimFeatUp checkpoint to embed (see [`read_upsampler_checkpoint`]); ``proxy``: a
+    transformers folder or Hub id of a proxy vision model to embed (DINO, DINOv2 or SAM; see ``proxy.py``)."""
     out = Path(out_dir)
     upsampler = read_upsampler_checkpoint(feature_upsampler, trust_pickle) if feature_upsampler else None
+    proxy_parts = read_proxy(proxy) if proxy else None
     path = Path(source)
     base_model = None
     if path.is_file():
@@ -461,9 +501,12 @@ def convert(
         base_model = None if path.is_dir() else source
     if upsampler is not None:
         embed_feature_upsampler(model, *upsampler)
+    if proxy_parts is not None:
+        embed_proxy(model, *proxy_parts)
     pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device="cpu")
     pipe.save_pretrained(out)
-    card = render_model_card(model.config, source, license_id or _default_license(source), base_model)
+    card = render_model_card(model.config, source, license_id or _default_license(source), base_model, proxy,
+                             feature_upsampler)  # fmt: skip
     (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
@@ -474,6 +517,7 @@ __all__ = [
     "ConversionError",
     "convert",
     "embed_feature_upsampler",
+    "embed_proxy",
     "infer_arch",
     "openclip_to_hf",
     "read_state_dict",

@@ -147,7 +147,7 @@ def proxy_features(model: nn.Module, pixel_values: torch.Tensor, square_grid: bo
 
     ``square_grid``: DINO's tokens are reshaped with the window height for both sides, as ProxyCLIP's code does
     (proxyclip_segmentor.py:149, 154: on a non-square window the tokens are regrouped into an ``H/8 x H/8`` grid
-    with proportionally more channels)."""
+    with proportionally more channels; where that reshape raises there, the true grid is used)."""
     kind = proxy_kind_of(model.config)
     param = next(model.parameters())
     pixels = proxy_pixels(pixel_values).to(param.dtype)
@@ -157,13 +157,14 @@ def proxy_features(model: nn.Module, pixel_values: torch.Tensor, square_grid: bo
         return model(pixel_values=pixels).last_hidden_state
     batch, _, height, width = pixels.shape
     patch = proxy_patch_size(model.config)
+    rows, cols = height // patch, width // patch
     if kind == "dino":
         tokens = model(pixel_values=pixels, interpolate_pos_encoding=True).last_hidden_state[:, 1:]
-        rows, cols = (height // patch, height // patch) if square_grid else (height // patch, width // patch)
+        if square_grid and tokens[0].numel() % (rows * rows) == 0:  # else the official reshape raises
+            cols = rows
     else:
         registers = getattr(model.config, "num_register_tokens", 0) if model.config.model_type != "dinov2" else 0
         tokens = model(pixel_values=pixels).last_hidden_state[:, 1 + registers :]
-        rows, cols = height // patch, width // patch
     return tokens.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)
 
 

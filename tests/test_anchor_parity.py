@@ -16,38 +16,13 @@ import torch.nn.functional as F
 from anchors import common, models, segmentors
 from anchors import simfeatup as simfeatup_reference
 
-from hf_ovseg import TASK, OVSegConfig, OVSegModel, ZeroShotImageSegmentationPipeline
+from hf_ovseg import TASK, OVSegModel, ZeroShotImageSegmentationPipeline
 from hf_ovseg.evaluation.benchmarks import CLASSES_DIR
 from hf_ovseg.evaluation.protocols import resolve_protocol
 from hf_ovseg.labels import parse_labels
 from hf_ovseg.processing_ovseg import OPENAI_IMAGENET_TEMPLATES
 
-from conftest import tiny_processor
-
-PATCH, HEADS = 16, 4
-
-
-def parity_config(method: str = "seed", **extra) -> OVSegConfig:
-    """A 12-layer, 64-wide ViT-B/16-shaped CLIP (SFP reads blocks 4..10) with a 2-layer text tower."""
-    text = {"hidden_size": 32, "intermediate_size": 64, "num_hidden_layers": 2, "num_attention_heads": HEADS}
-    vision = {
-        "hidden_size": 64, "intermediate_size": 128, "num_hidden_layers": 12, "num_attention_heads": HEADS,
-        "image_size": 224, "patch_size": PATCH,
-    }  # fmt: skip
-    return OVSegConfig(text_config=text, vision_config=vision, projection_dim=32, method=method, **extra)
-
-
-def peaky(model: OVSegModel, seed: int = 0) -> OVSegModel:
-    """Random weights with large query/key projections and position embeddings, so that attention maps are
-    peaky (with near-uniform attention, outlier and threshold differences would hide)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for layer in model.vision_model.encoder.layers:
-            for proj in (layer.self_attn.q_proj, layer.self_attn.k_proj):
-                proj.weight.copy_(torch.randn(proj.weight.shape, generator=generator) * 0.6)
-        pos = model.vision_model.embeddings.position_embedding.weight
-        pos.copy_(torch.randn(pos.shape, generator=generator))
-    return model.eval()
+from conftest import HEADS, PATCH, parity_config, peaky, tiny_processor
 
 
 @pytest.fixture(scope="module")
