@@ -4,10 +4,11 @@
   ``<out>/<path relative to its folder or glob root>_labels.png`` (``.tif`` for a GeoTIFF), ``_overlay.png`` and
   ``.json``; two inputs that would write the same outputs are an error before any work.
 - Decoding and resizing run in ``torch.utils.data.DataLoader`` worker processes while the model works; the crops
-  of consecutive images share forward batches (``batch_size`` counts crops across images). A crop's logits do
-  not depend on its batch (on the CPU; torch's attention for a lone crop of under ~20 tokens is the one
-  exception, far below any real CLIP crop), so the label maps are bit-identical to running the images one at
-  a time.
+  of consecutive images share forward batches (``batch_size`` counts crops across images). On a GPU every forward
+  runs a full batch (a partial one is padded, ``OVSegModel.forward(pad_to=...)``) so that cuBLAS runs the same
+  kernels whatever shares the batch; on a CPU with one intra-op thread the logits do not depend on the batch at
+  all, and with several threads they can differ in the last bits (torch splits elementwise kernels between the
+  threads at batch-dependent positions). Label maps agreed in every measurement (benchmarks/bench_throughput.py).
 - GeoTIFFs (with the ``geo`` extra) are segmented by windows in the main process (see ``raster.py``).
 - ``summary.json`` lists every image (its outputs and class shares, in input order) and every failure with its
   message; a failed image does not stop the others. Nothing in it depends on timing or on the number of

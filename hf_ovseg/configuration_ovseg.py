@@ -16,6 +16,7 @@ from .upsampler import FEATURE_UPSAMPLERS
 POSITION_INTERPOLATIONS = ("scale_factor", "size", "size_if_count_changes")
 ENCODER_VARIANTS = ("clip", "maskclip")
 OUTLIER_SCORE_LAYERS = ("last", "penultimate")
+SFP_OUTLIER_DETECTORS = ("som", "l2", "lof")
 
 logger = logging.get_logger(__name__)
 
@@ -132,6 +133,7 @@ KNOB_DEFAULTS: dict[str, Any] = {
     "global_debias_normalize_cls": False,
     "naclip_gaussian_std": 5.0,
     "sfp_residual_cls": 0.3,
+    "sfp_outlier_detector": "som",
     "dense_logit_scale": 50.0,
     "proxy_beta": 1.2,
     "proxy_gamma": 3.0,
@@ -195,6 +197,9 @@ class OVSegConfig(CLIPConfig):
     naclip_gaussian_std (`float`, 5.0): width, in patches, of NACLIP's neighbourhood prior.
     sfp_residual_cls (`float`, 0.3): SFP's ``res_cls`` (CLS added after the last block; the CLS->patch
         attention of the outlier test is scaled by ``5 * res_cls``).
+    sfp_outlier_detector (`str`, `"som"`): SFP's ``pm``: ``"som"`` (attention-based, its published setting),
+        ``"l2"`` (largest token norms) or ``"lof"`` (local outlier factor), Kimsure/SFP@2804f5b:SFP_ICCV/clip/
+        model.py:271-307 (``attention_mode="sfp"``).
     feature_upsampling (`bool`): run the model's feature upsampler (SimFeatUp); a model without one is an error.
     dense_logit_scale (`float`, 50.0): multiplies the patch-text cosine to give logits.
     cls_logit_lambda (`float`, 0.0; -0.3 for segearth): SegEarth-OV's logit-space global-bias step,
@@ -235,6 +240,7 @@ class OVSegConfig(CLIPConfig):
     encoder_variant: str | None = None
     naclip_gaussian_std: float | None = None
     sfp_residual_cls: float | None = None
+    sfp_outlier_detector: str | None = None
     feature_upsampling: bool | None = None
     dense_logit_scale: float | None = None
     cls_logit_lambda: float | None = None
@@ -325,6 +331,7 @@ class OVSegConfig(CLIPConfig):
         _check_choice("attention_mode", mode, ATTENTION_MODES)
         _check_choice("global_debias_mode", knobs["global_debias_mode"], GLOBAL_DEBIAS_MODES)
         _check_choice("outlier_score_layer", knobs["outlier_score_layer"], OUTLIER_SCORE_LAYERS)
+        _check_choice("sfp_outlier_detector", knobs["sfp_outlier_detector"], SFP_OUTLIER_DETECTORS)
         _check_choice("position_interpolation", knobs["position_interpolation"], POSITION_INTERPOLATIONS)
         _check_choice("encoder_variant", knobs["encoder_variant"], ENCODER_VARIANTS)
         if self.feature_upsampler is not None:

@@ -143,8 +143,9 @@ def run_windows(
 ) -> Iterator[tuple[Any, torch.Tensor]]:
     """Stitched logits of many images, ``(key, [Q, H, W])`` in input order, with the crops of consecutive
     images sharing forward batches of ``batch_size`` (crops of one shape per batch). Images are pulled from
-    ``stitchers`` only when a batch needs their crops, so memory stays bounded. A crop's logits do not depend
-    on the batch it is in, so the result equals running the images one at a time."""
+    ``stitchers`` only when a batch needs their crops, so memory stays bounded. When ``forward`` runs every batch
+    at one shape (the pipeline pads a partial batch to ``batch_size``), a crop's logits do not depend on the batch
+    it is in, so the result equals running the images one at a time."""
     check_patch_padding(patch_padding)
     if batch_size < 1:
         raise ValueError(f"batch_size must be >= 1, got {batch_size}")

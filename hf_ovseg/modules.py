@@ -23,6 +23,13 @@ SIMILARITY_MODES = ("gated",)  # the attention modes that take module 2's self-s
 GLOBAL_DEBIAS_MODES = ("similarity", "uniform")
 
 
+def unit(x: torch.Tensor, dim: int = -1) -> torch.Tensor:
+    """``x / ||x||`` along ``dim``, computed in float32 at least and returned in ``x``'s dtype (in float16,
+    F.normalize's eps underflows and a zero vector, e.g. an outlier without valid neighbours, would become NaN
+    instead of 0)."""
+    return F.normalize(x.to(torch.promote_types(x.dtype, torch.float32)), dim=dim).to(x.dtype)
+
+
 def _softmax(logits: torch.Tensor) -> torch.Tensor:
     """Row softmax computed in float32 and returned in the input dtype."""
     return logits.softmax(dim=-1, dtype=torch.float32).to(logits.dtype)
@@ -118,7 +125,7 @@ def suppress_outliers(
 
     x_out = patches.gather(1, outliers[..., None].expand(-1, -1, dim))  # [B, k, D]
     x_nbr = patches.gather(1, nbr.reshape(batch, -1, 1).expand(-1, -1, dim)).view(batch, k, 8, dim)
-    cos = (F.normalize(x_out, dim=-1)[:, :, None] * F.normalize(x_nbr, dim=-1)).sum(-1)  # [B, k, 8]
+    cos = (unit(x_out)[:, :, None] * unit(x_nbr)).sum(-1)  # [B, k, 8]
 
     # Replacement: softmax over valid neighbours of (1 - cos); an outlier with no neighbour is kept.
     weights = _softmax((1.0 - cos).masked_fill(~nbr_valid, float("-inf")))
@@ -147,7 +154,7 @@ def suppress_outliers(
 
 def similarity_map(mid_patches: torch.Tensor, temperature: float = 1.0) -> torch.Tensor:
     """``S_ij = cos(x_i, x_j) / temperature`` over mid-layer patch tokens: [B, N, D] -> [B, N, N]."""
-    normed = F.normalize(mid_patches, dim=-1)
+    normed = unit(mid_patches)
     return torch.matmul(normed, normed.transpose(-1, -2)) / temperature
 
 
@@ -247,7 +254,7 @@ def proxy_attention(features: torch.Tensor, beta: float = 1.2, gamma: float = 3.
     Returns:
         [B, h*w, h*w] attention probabilities (row-major tokens).
     """
-    tokens = F.normalize(features.flatten(2), dim=1)  # [B, C, hw]
+    tokens = unit(features.flatten(2), dim=1)  # [B, C, hw]
     similarity = torch.matmul(tokens.transpose(1, 2), tokens)
     logits = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * beta) * gamma
     return _softmax(logits.masked_fill(logits < 0, float("-inf")))
@@ -256,7 +263,7 @@ def proxy_attention(features: torch.Tensor, beta: float = 1.2, gamma: float = 3.
 def thresholded_similarity(patches: torch.Tensor, threshold: float) -> torch.Tensor:
     """SFP's similarity map: patch cosines, with values below ``threshold`` set to 0: [B, N, D] -> [B, N, N]
     (Kimsure/SFP@2804f5b:SFP_ICCV/clip/model.py:319-325 and 330-333)."""
-    normed = F.normalize(patches, dim=-1)
+    normed = unit(patches)
     cosine = torch.matmul(normed, normed.transpose(-1, -2))
     return cosine.masked_fill(cosine < threshold, 0.0)
 
@@ -308,6 +315,40 @@ def sfp_outliers(
     candidates = cls_to_patch.masked_fill(cls_to_patch <= self_attn, float("-inf"))
     values, indices = candidates.topk(min(top_k, candidates.shape[-1]), dim=-1)
     return indices, torch.isfinite(values)
+
+
+def sfp_norm_outliers(patches: torch.Tensor, top_k: int = 10) -> tuple[torch.Tensor, torch.Tensor]:
+    """SFP's ``pm='L2'`` rule: the ``top_k`` patch tokens of largest L2 norm (SFP_ICCV/clip/model.py:288-298).
+    [B, N, D] -> indices [B, k] and valid [B, k] (all True)."""
+    indices = patches.norm(dim=-1).topk(min(top_k, patches.shape[1]), dim=-1).indices
+    return indices, torch.ones_like(indices, dtype=torch.bool)
+
+
+def sfp_lof_outliers(
+    patches: torch.Tensor, n_neighbors: int = 30, contamination: float = 0.05
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """SFP's ``pm='LOF'`` rule (``lof_pytorch``, SFP_ICCV/clip/model.py:299-307, 450-469): local outlier factors
+    from squared distances and the ``n_neighbors`` nearest tokens, where a reach distance is ``max(d(p, o),
+    k_dist(p))`` with the point's OWN k-distance (so ``lrd(p) = n / k_dist(p)``), ``lof(p) = mean_o lrd(o) /
+    lrd(p)``; the outliers score strictly above the ``1 - contamination`` quantile of their image (10 of 196 for a
+    14x14 grid). ``n_neighbors`` is clamped to N - 1 (SFP's ``topk`` fails below 31 patches).
+
+    Args:
+        patches: [B, N, D].
+    Returns:
+        indices [B, k] (each image's outliers first, in index order) and valid [B, k].
+    """
+    batch, count, _ = patches.shape
+    neighbours = min(n_neighbors, count - 1)
+    distance = torch.cdist(patches.float(), patches.float()) ** 2
+    knn_distance, knn_index = distance.topk(neighbours + 1, dim=-1, largest=False)
+    knn_distance, knn_index = knn_distance[..., 1:], knn_index[..., 1:]
+    reach = torch.maximum(knn_distance, knn_distance[..., -1:].expand_as(knn_distance))
+    density = neighbours / torch.nan_to_num(reach.mean(dim=-1), nan=1e-6)  # [B, N]
+    factor = density.gather(1, knn_index.flatten(1)).view(batch, count, neighbours).mean(dim=-1) / density
+    outlier = factor > torch.quantile(factor, 1 - contamination, dim=-1, keepdim=True)
+    order = torch.argsort((~outlier).to(torch.uint8), dim=-1, stable=True)[:, : max(int(outlier.sum(-1).max()), 1)]
+    return order, outlier.gather(1, order)
 
 
 def sfp_grid_positions(
@@ -417,10 +458,10 @@ def global_debias(
     if factor == 0:
         return patches
     cls = cls[:, None, :]
-    direction = F.normalize(cls, dim=-1) if normalize_cls else cls
+    direction = unit(cls) if normalize_cls else cls
     if mode == "uniform":
         return patches - factor * direction
-    cos = (F.normalize(patches, dim=-1) * F.normalize(cls, dim=-1)).sum(-1, keepdim=True)
+    cos = (unit(patches) * unit(cls)).sum(-1, keepdim=True)
     return patches - factor * cos * direction
 
 
@@ -443,11 +484,14 @@ __all__ = [
     "segearth_attention",
     "sfp_attention",
     "sfp_grid_positions",
+    "sfp_lof_outliers",
+    "sfp_norm_outliers",
     "sfp_outliers",
     "sfp_similarity_probs",
     "similarity_aggregate",
     "similarity_map",
     "suppress_outliers",
     "thresholded_similarity",
+    "unit",
     "vanilla_attention",
 ]

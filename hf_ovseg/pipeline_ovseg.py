@@ -231,7 +231,11 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         text = self.processor.text_embeddings(model, labels, templates)
 
         def forward(crops: torch.Tensor) -> torch.Tensor:
-            return model(crops, text_embeds=text, settings=settings).logits
+            # On a GPU every batch is padded to its full size: the matrix kernels cuBLAS picks depend on the shapes,
+            # so a crop's logits would depend on how many crops share its batch. (On a CPU they depend on how torch
+            # splits each kernel between threads instead, which padding does not change.)
+            pad_to = crop_batch_size if crops.is_cuda else None
+            return model(crops, text_embeds=text, settings=settings, pad_to=pad_to).logits
 
         names = list(labels.labels)
         background_index = None

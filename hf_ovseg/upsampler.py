@@ -9,6 +9,14 @@ The official code runs the adaptive convolution with FeatUp's CUDA kernel (``Ada
 range kernel with ``nn.Unfold``, which holds a [C, k², H, W] tensor (12 GB for a 224x224 crop of 512
 channels). Here both are the same sums, accumulated one kernel offset at a time, so memory stays at a few
 [C, H, W] tensors and the result equals the official formula (tested against an unfold re-implementation).
+
+Every step's filters depend on the guidance image only, and every step (bicubic upsampling, reflection padding,
+per-pixel filtering) treats each channel alike: the four steps are one linear map ``L`` applied to each channel.
+So SimFeatUp's final 1x1 ``fixup_proj`` (``W``, ``b``) commutes with them: ``(I + 0.1 W) L(x) + 0.1 b =
+L((I + 0.1 W) x) + 0.1 b``. It runs on the input grid (14x14 for a 224 crop) instead of the output one (224x224),
+256 times fewer pixels: that convolution was most of the upsampler's cost. ``kernels`` and ``filter`` expose the
+two halves, so a caller can also run ``L`` on fewer channels (``OVSegModel.upsampled_logits`` runs it in the span
+of the crop's features).
 """
 
 from __future__ import annotations
@@ -98,20 +106,32 @@ class JBULearnedRange(nn.Module):
         return F.softmax(temperature * logits, dim=1)
 
     def spatial_kernel(self, device: torch.device) -> torch.Tensor:
-        """[1, k², 1, 1] Gaussian of the tap offsets on a [-1, 1] grid (upsamplers.py:240-251)."""
+        """[1, k², 1, 1] Gaussian of the tap offsets on a [-1, 1] grid (upsamplers.py:240-251; the offsets in
+        float32, as there), in the module's dtype."""
         offsets = torch.linspace(-1, 1, self.diameter, device=device)
         rows, cols = torch.meshgrid(offsets, offsets, indexing="ij")
         distance = rows.square() + cols.square()
-        return torch.exp(-distance / (2 * self.sigma_spatial**2)).reshape(1, self.diameter**2, 1, 1)
+        kernel = torch.exp(-distance / (2 * self.sigma_spatial**2))
+        return kernel.to(self.sigma_spatial.dtype).reshape(1, self.diameter**2, 1, 1)
+
+    def kernel(self, guidance: torch.Tensor) -> torch.Tensor:
+        """The per-pixel filters [B, k², H, W] of guidance [B, 3, H, W] (upsamplers.py:253-268): range x spatial
+        kernel, normalised, plus 0.1 x the learned fixup."""
+        guidance = guidance.to(self.range_temp.dtype)
+        kernel = self.range_kernel(guidance) * self.spatial_kernel(guidance.device)
+        kernel = kernel / kernel.sum(1, keepdim=True).clamp(1e-7)
+        return kernel + 0.1 * self.fixup_proj(torch.cat([kernel, guidance], dim=1))
+
+    def filter(self, source: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
+        """source [B, C, h, w] upsampled bicubically to the kernel's size, reflection-padded and filtered per pixel
+        (upsamplers.py:270-275): linear in ``source``, each channel alike. -> [B, C, H, W]."""
+        upsampled = F.interpolate(source, size=kernel.shape[-2:], mode="bicubic", align_corners=False)
+        padded = F.pad(upsampled, [self.radius] * 4, mode="reflect")
+        return adaptive_conv(padded, kernel.to(padded.dtype))
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
         """source [B, C, h, w], guidance [B, 3, H, W] -> [B, C, H, W] (upsamplers.py:253-275)."""
-        kernel = self.range_kernel(guidance) * self.spatial_kernel(source.device)
-        kernel = kernel / kernel.sum(1, keepdim=True).clamp(1e-7)
-        kernel = kernel + 0.1 * self.fixup_proj(torch.cat([kernel, guidance], dim=1))
-        upsampled = F.interpolate(source, size=guidance.shape[-2:], mode="bicubic", align_corners=False)
-        padded = F.pad(upsampled, [self.radius] * 4, mode="reflect")
-        return adaptive_conv(padded, kernel.to(padded.dtype))
+        return self.filter(source, self.kernel(guidance))
 
 
 class JBUUpsampler(nn.Module):
@@ -132,13 +152,39 @@ class JBUUpsampler(nn.Module):
                 self.add_module(f"up{index}", JBULearnedRange(3, feat_dim, 32, radius=3))
         self.fixup_proj = nn.Sequential(nn.Dropout2d(0.2), nn.Conv2d(feat_dim, feat_dim, kernel_size=1))
 
+    def steps(self) -> list[JBULearnedRange]:
+        return [self.up] * 4 if self.shared else [getattr(self, f"up{index}") for index in range(1, 5)]
+
+    def kernels(self, guidance: torch.Tensor, grid_size: tuple[int, int]) -> list[torch.Tensor]:
+        """Each step's per-pixel filters for a ``grid_size`` input: step s filters at ``2^s x grid_size`` with the
+        guidance [B, 3, H, W] average-pooled to that size (upsamplers.py:290-301, 315-325)."""
+        (height, width), kernels = grid_size, []
+        for step in self.steps():
+            height, width = height * 2, width * 2
+            kernels.append(step.kernel(F.adaptive_avg_pool2d(guidance, (height, width))))
+        return kernels
+
+    def filter(self, source: torch.Tensor, kernels: list[torch.Tensor]) -> torch.Tensor:
+        """The four steps' linear map ``L`` on source [B, C, h, w] -> [B, C, 16h, 16w]."""
+        for step, kernel in zip(self.steps(), kernels, strict=True):
+            source = step.filter(source, kernel)
+        return source
+
+    def mix(self, source: torch.Tensor) -> torch.Tensor:
+        """``(I + 0.1 W) x``: the final fixup's 1x1 convolution without its bias, applied before ``L`` (see the
+        module docstring); ``forward = filter(mix(x)) + 0.1 b``."""
+        return F.conv2d(source, self.fixup_proj[1].weight) * 0.1 + source
+
+    def fixup_bias(self) -> torch.Tensor:
+        """``0.1 b`` [C]: the final fixup's bias term, added after ``L``."""
+        return 0.1 * self.fixup_proj[1].bias
+
     def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """source [B, C, h, w] features, guidance [B, 3, H, W] normalised image -> [B, C, 16h, 16w]."""
-        for index in range(1, 5):
-            step = self.up if self.shared else getattr(self, f"up{index}")
-            height, width = source.shape[-2:]
-            source = step(source, F.adaptive_avg_pool2d(guidance, (height * 2, width * 2)))
-        return self.fixup_proj(source) * 0.1 + source
+        """source [B, C, h, w] features, guidance [B, 3, H, W] normalised image -> [B, C, 16h, 16w]
+        (upsamplers.py:290-301, 315-325: four x2 steps, then ``fixup_proj(x) * 0.1 + x``)."""
+        source = source.to(self.fixup_proj[1].weight.dtype)
+        kernels = self.kernels(guidance.to(source.dtype), tuple(source.shape[-2:]))
+        return self.filter(self.mix(source), kernels) + self.fixup_bias()[:, None, None]
 
 
 def build_feature_upsampler(name: str, feat_dim: int) -> JBUUpsampler:

@@ -171,8 +171,26 @@ def _aggregate(feat: torch.Tensor, sim: torch.Tensor) -> torch.Tensor:
     return torch.matmul(sim / (sim.sum(dim=-1, keepdim=True) + 1e-6), feat.permute(1, 0, 2)).permute(1, 0, 2)
 
 
-def sfp(sd: dict, img: torch.Tensor, patch: int, heads: int, res_cls: float = 0.3) -> torch.Tensor:
-    """SFP_ICCV/clip/model.py:242-356 with pm='SOM', purify=True (configs/base_config.py:7-9), batch 1.
+def lof_pytorch(x: torch.Tensor, n_neighbors: int = 30, contamination: float = 0.05) -> torch.Tensor:
+    """SFP_ICCV/clip/model.py:450-469 (``lof_pytorch``, "source code from SC-CLIP"): squared distances, the 30
+    nearest neighbours (self dropped), reach distance ``max(d(p, o), k_dist(p))`` with the point's OWN k-distance,
+    ``lrd = k / mean reach``, ``lof = mean lrd(neighbours) / lrd(p)``; outliers score strictly above the 0.95
+    quantile. x: [N, D] -> outlier indices (in index order)."""
+    dist = torch.cdist(x, x, p=2) ** 2
+    knn_dist, knn_idx = torch.topk(dist, k=n_neighbors + 1, largest=False)
+    knn_dist, knn_idx = knn_dist[:, 1:], knn_idx[:, 1:]
+    k_dist = knn_dist[:, -1].unsqueeze(1).expand_as(knn_dist)
+    reach = torch.max(knn_dist, k_dist)
+    lrd = n_neighbors / torch.nan_to_num(reach.mean(dim=1), nan=1e-6)
+    lof = (lrd[knn_idx].sum(dim=1) / n_neighbors) / lrd
+    threshold = torch.quantile(lof.float(), 1 - contamination)
+    return torch.nonzero(lof > threshold, as_tuple=False).squeeze(1)
+
+
+def sfp(sd: dict, img: torch.Tensor, patch: int, heads: int, res_cls: float = 0.3, pm: str = "SOM") -> torch.Tensor:
+    """SFP_ICCV/clip/model.py:242-356 with purify=True (configs/base_config.py:7-9), batch 1, and the outlier
+    detector ``pm``: 'SOM' (the published one, 271-287), 'L2' (the 10 largest token norms of block 11's output,
+    288-298) or 'LOF' (``lof_pytorch`` on those tokens, 299-307).
 
     Where SFP's index split ``(loc // feat_w, loc % feat_w)`` points outside the grid (only on non-square
     grids) the official code raises an IndexError; this reference skips that outlier, as the preset does.
@@ -195,12 +213,18 @@ def sfp(sd: dict, img: torch.Tensor, patch: int, heads: int, res_cls: float = 0.
         attn_map[:, :, 0, 1:] *= res_cls * res_scale
         hidden_states.append(x)
         if idx == layers - 1:
-            attn = attn_map.squeeze(0).mean(dim=0)
-            cls_to_patch, patch_self = attn[0, 1:], torch.diag(attn[1:, 1:])
-            salient = cls_to_patch > patch_self
-            values, locs = cls_to_patch[salient], torch.nonzero(salient, as_tuple=False).squeeze(1)
-            _, order = torch.sort(values, descending=True)
-            selected = locs[order[:10]]
+            if pm == "SOM":
+                attn = attn_map.squeeze(0).mean(dim=0)
+                cls_to_patch, patch_self = attn[0, 1:], torch.diag(attn[1:, 1:])
+                salient = cls_to_patch > patch_self
+                values, locs = cls_to_patch[salient], torch.nonzero(salient, as_tuple=False).squeeze(1)
+                _, order = torch.sort(values, descending=True)
+                selected = locs[order[:10]]
+            elif pm == "L2":
+                _, order = torch.sort(torch.norm(x[1:].squeeze(1), p=2, dim=-1), descending=True)
+                selected = order[:10]
+            else:
+                selected = lof_pytorch(x[1:].squeeze(1))
             outlier_index = [(int(loc) // feat_w, int(loc) % feat_w) for loc in selected]
             outlier_index = [(r, c) for r, c in outlier_index if r < feat_w and c < feat_h]
             spatial = x[1:].permute(1, 2, 0).reshape(b, width, feat_w, feat_h)
