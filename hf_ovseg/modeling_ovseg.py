@@ -66,7 +66,7 @@ from .modules import (
     vanilla_attention,
 )
 from .proxy import build_proxy_model, default_window_multiple, proxy_features
-from .upsampler import build_feature_upsampler
+from .upsampler import build_feature_upsampler, compute_dtype
 
 logger = logging.get_logger(__name__)
 
@@ -178,6 +178,13 @@ def project_heads(attn: nn.Module, states: torch.Tensor, names: tuple[str, ...])
     ]
 
 
+def scoring_attention(q: torch.Tensor, k: torch.Tensor, scale: float) -> torch.Tensor:
+    """Vanilla attention probabilities [B, h, T, T] in float32 at least, for the outlier tests: their ratios of
+    tiny probabilities (``A[0, i] / A[i, i]``) underflow and overflow in float16."""
+    work = torch.promote_types(q.dtype, torch.float32)
+    return vanilla_attention(q.to(work), k.to(work), scale)
+
+
 def attend(attn: nn.Module, probs: torch.Tensor, values: torch.Tensor) -> torch.Tensor:
     """``out_proj`` of the heads' ``probs @ values``: [B, h, Tq, T] x [B, h, T, d] -> [B, Tq, D]."""
     batch, _, queries, _ = probs.shape
@@ -285,10 +292,11 @@ class OVSegVisionModel(CLIPVisionModel):
         return hidden + self.mlp(layer, hidden, cfg)
 
     def block_attention(self, index: int, states: torch.Tensor, cfg: OVSegConfig) -> torch.Tensor:
-        """Vanilla attention probabilities [B, h, T, T] of block ``index`` (0-based) on its input ``states``."""
+        """Vanilla attention probabilities [B, h, T, T] of block ``index`` (0-based) on its input ``states``, in
+        float32 at least (they score outliers, see [`scoring_attention`])."""
         layer = self.encoder.layers[index]
         q, k = project_heads(layer.self_attn, self.layer_norm(layer.layer_norm1, states, cfg), ("q", "k"))
-        return vanilla_attention(q, k, layer.self_attn.scale)
+        return scoring_attention(q, k, layer.self_attn.scale)
 
     # -- the patched last block ------------------------------------------------------------------
 
@@ -326,7 +334,7 @@ class OVSegVisionModel(CLIPVisionModel):
         if not cfg.outlier_suppression or cfg.outlier_top_k == 0:
             return out, None
         if score_probs is None:
-            score_probs = probs if cfg.attention_mode == "vanilla" else vanilla_attention(q, k, attn.scale)
+            score_probs = scoring_attention(q, k, attn.scale)
         patches, outliers = self.suppress(out[:, 1:], score_probs, grid_size, cfg)
         return torch.cat([out[:, :1], patches], dim=1), outliers
 
@@ -373,7 +381,7 @@ class OVSegVisionModel(CLIPVisionModel):
         values = attn.out_proj(v.transpose(1, 2).reshape(batch, tokens, -1)[:, 1:])  # [B, N, D]
         outliers = None
         if cfg.outlier_suppression and cfg.outlier_top_k > 0:
-            probs = vanilla_attention(q, k, attn.scale) if score_probs is None else score_probs
+            probs = scoring_attention(q, k, attn.scale) if score_probs is None else score_probs
             values, outliers = self.suppress(values, probs, grid_size, cfg)
         rows, cols = grid_size
         # ProxyCLIP reads the row-major (rows, cols) values as a (cols, rows) grid (transformer.py:504, 521, 580)
@@ -654,18 +662,18 @@ class OVSegModel(CLIPModel):
         self.check_upsampler_grid(dense.grid_size)
         upsampler, cfg = self.feature_upsampler, settings
         rows, cols = dense.grid_size
-        features = dense.patch_embeds[index].T.reshape(1, -1, rows, cols).to(upsampler.fixup_proj[1].weight.dtype)
+        work = compute_dtype(upsampler.fixup_proj[1].weight.dtype)  # float32 at least, as upsampler.py computes
+        features = dense.patch_embeds[index].T.reshape(1, -1, rows, cols).to(work)
         mixed = upsampler.mix(features).flatten(2)[0]  # [P, N]
         bias = upsampler.fixup_bias()  # [P]
-        work = torch.promote_types(mixed.dtype, torch.float32)  # the basis and the cosines: float32 at least
-        basis = torch.linalg.qr(torch.cat([mixed, bias[:, None]], dim=1).to(work)).Q  # [P, r]
-        coords = (basis.T @ mixed.to(work)).to(mixed.dtype).reshape(1, -1, rows, cols)
-        kernels = upsampler.kernels(pixel_values[index : index + 1].to(mixed.dtype), (rows, cols))
-        upsampled = upsampler.filter(coords, kernels) + (basis.T @ bias.to(work)).to(mixed.dtype)[:, None, None]
-        text = unit(text_embeds).to(work)
-        logits = unit(upsampled.flatten(2)[0].T).to(work) @ (text @ basis).T  # [H*W, K]
+        basis = torch.linalg.qr(torch.cat([mixed, bias[:, None]], dim=1)).Q  # [P, r]
+        coords = (basis.T @ mixed).reshape(1, -1, rows, cols)
+        kernels = upsampler.kernels(pixel_values[index : index + 1].to(work), (rows, cols))
+        upsampled = upsampler.filter(coords, kernels) + (basis.T @ bias)[:, None, None]
+        text = unit(text_embeds.to(work))
+        logits = unit(upsampled.flatten(2)[0].T) @ (text @ basis).T  # [H*W, K]
         if cfg.cls_logit_lambda:
-            logits = logits + cfg.cls_logit_lambda * (unit(dense.cls_embeds[index]).to(work) @ text.T)
+            logits = logits + cfg.cls_logit_lambda * (unit(dense.cls_embeds[index].to(work)) @ text.T)
         height, width = upsampled.shape[-2:]
         return (logits * cfg.dense_logit_scale).T.reshape(1, -1, height, width).to(dense.patch_embeds.dtype)
 

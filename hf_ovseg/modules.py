@@ -56,9 +56,10 @@ def outlier_scores(attn_probs: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
     Args:
         attn_probs: [B, h, 1+N, 1+N] softmax attention, CLS at index 0.
     Returns:
-        [B, N] scores (head-mean attention first, then the ratio).
+        [B, N] scores (head-mean attention first, then the ratio), in float32 at least (a ratio to ``A[i, i] +
+        1e-6`` overflows float16).
     """
-    attn = attn_probs.mean(dim=1)
+    attn = attn_probs.to(torch.promote_types(attn_probs.dtype, torch.float32)).mean(dim=1)
     cls_to_patch = attn[:, 0, 1:]
     self_attn = attn.diagonal(dim1=-2, dim2=-1)[:, 1:]
     return cls_to_patch / (self_attn + eps)

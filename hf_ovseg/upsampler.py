@@ -17,6 +17,10 @@ L((I + 0.1 W) x) + 0.1 b``. It runs on the input grid (14x14 for a 224 crop) ins
 256 times fewer pixels: that convolution was most of the upsampler's cost. ``kernels`` and ``filter`` expose the
 two halves, so a caller can also run ``L`` on fewer channels (``OVSegModel.upsampled_logits`` runs it in the span
 of the crop's features).
+
+Whatever the model's dtype, SimFeatUp computes in float32 at least (its weights cast on the fly): four sharp
+softmax and filtering steps overflow float16 and lose bfloat16's few mantissa bits. The modules are for inference
+(``Dropout2d`` is skipped).
 """
 
 from __future__ import annotations
@@ -33,6 +37,21 @@ FEATURE_UPSAMPLERS = ("jbu_one", "jbu_stack")
 #: several times faster on CPU than passes over the whole image, with the same sums.
 CHUNK_ELEMENTS = 2**20
 RANGE_CHUNK_ELEMENTS = 2**17
+
+
+def compute_dtype(dtype: torch.dtype) -> torch.dtype:
+    """The dtype SimFeatUp computes in for ``dtype`` parameters: float32, or float64 for float64."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def run_layers(layers: nn.Sequential, x: torch.Tensor) -> torch.Tensor:
+    """A ``Conv2d``/``GELU``/``Dropout2d`` stack at inference in ``x``'s dtype (the weights cast to it)."""
+    for layer in layers:
+        if isinstance(layer, nn.Conv2d):
+            x = F.conv2d(x, layer.weight.to(x.dtype), layer.bias.to(x.dtype))
+        elif isinstance(layer, nn.GELU):
+            x = F.gelu(x)
+    return x
 
 
 def row_chunks(height: int, row_elements: int, budget: int) -> list[tuple[int, int]]:
@@ -87,7 +106,7 @@ class JBULearnedRange(nn.Module):
     def range_kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """softmax over the k² taps of ``temp * <proj(g)[y+i, x+j], proj(g)[y, x]>`` (reflect-padded):
         [B, 3, H, W] -> [B, k², H, W] (upsamplers.py:230-238)."""
-        projected = self.range_proj(guidance)
+        projected = run_layers(self.range_proj, guidance)
         height, width = projected.shape[-2:]
         # channels last and by chunks of rows: contiguous dot products, small temporaries (4x faster on CPU)
         padded = F.pad(projected, [self.radius] * 4, mode="reflect").permute(0, 2, 3, 1).contiguous()
@@ -102,30 +121,30 @@ class JBULearnedRange(nn.Module):
             ]
             chunks.append(torch.stack(taps, dim=1))
         logits = torch.cat(chunks, dim=2)
-        temperature = self.range_temp.exp().clamp_min(1e-4).clamp_max(1e4)
+        temperature = self.range_temp.to(logits.dtype).exp().clamp_min(1e-4).clamp_max(1e4)
         return F.softmax(temperature * logits, dim=1)
 
     def spatial_kernel(self, device: torch.device) -> torch.Tensor:
         """[1, k², 1, 1] Gaussian of the tap offsets on a [-1, 1] grid (upsamplers.py:240-251; the offsets in
-        float32, as there), in the module's dtype."""
+        float32, as there), in the compute dtype."""
         offsets = torch.linspace(-1, 1, self.diameter, device=device)
         rows, cols = torch.meshgrid(offsets, offsets, indexing="ij")
         distance = rows.square() + cols.square()
-        kernel = torch.exp(-distance / (2 * self.sigma_spatial**2))
-        return kernel.to(self.sigma_spatial.dtype).reshape(1, self.diameter**2, 1, 1)
+        sigma = self.sigma_spatial.to(compute_dtype(self.sigma_spatial.dtype))
+        return torch.exp(-distance / (2 * sigma**2)).reshape(1, self.diameter**2, 1, 1)
 
     def kernel(self, guidance: torch.Tensor) -> torch.Tensor:
         """The per-pixel filters [B, k², H, W] of guidance [B, 3, H, W] (upsamplers.py:253-268): range x spatial
         kernel, normalised, plus 0.1 x the learned fixup."""
-        guidance = guidance.to(self.range_temp.dtype)
+        guidance = guidance.to(compute_dtype(self.range_temp.dtype))
         kernel = self.range_kernel(guidance) * self.spatial_kernel(guidance.device)
         kernel = kernel / kernel.sum(1, keepdim=True).clamp(1e-7)
-        return kernel + 0.1 * self.fixup_proj(torch.cat([kernel, guidance], dim=1))
+        return kernel + 0.1 * run_layers(self.fixup_proj, torch.cat([kernel, guidance], dim=1))
 
     def filter(self, source: torch.Tensor, kernel: torch.Tensor) -> torch.Tensor:
         """source [B, C, h, w] upsampled bicubically to the kernel's size, reflection-padded and filtered per pixel
-        (upsamplers.py:270-275): linear in ``source``, each channel alike. -> [B, C, H, W]."""
-        upsampled = F.interpolate(source, size=kernel.shape[-2:], mode="bicubic", align_corners=False)
+        (upsamplers.py:270-275): linear in ``source``, each channel alike. -> [B, C, H, W] in the kernel's dtype."""
+        upsampled = F.interpolate(source.to(kernel.dtype), size=kernel.shape[-2:], mode="bicubic", align_corners=False)
         padded = F.pad(upsampled, [self.radius] * 4, mode="reflect")
         return adaptive_conv(padded, kernel.to(padded.dtype))
 
@@ -173,18 +192,21 @@ class JBUUpsampler(nn.Module):
     def mix(self, source: torch.Tensor) -> torch.Tensor:
         """``(I + 0.1 W) x``: the final fixup's 1x1 convolution without its bias, applied before ``L`` (see the
         module docstring); ``forward = filter(mix(x)) + 0.1 b``."""
-        return F.conv2d(source, self.fixup_proj[1].weight) * 0.1 + source
+        return F.conv2d(source, self.fixup_proj[1].weight.to(source.dtype)) * 0.1 + source
 
     def fixup_bias(self) -> torch.Tensor:
-        """``0.1 b`` [C]: the final fixup's bias term, added after ``L``."""
-        return 0.1 * self.fixup_proj[1].bias
+        """``0.1 b`` [C] in the compute dtype: the final fixup's bias term, added after ``L``."""
+        bias = self.fixup_proj[1].bias
+        return 0.1 * bias.to(compute_dtype(bias.dtype))
 
     def forward(self, source: torch.Tensor, guidance: torch.Tensor) -> torch.Tensor:
-        """source [B, C, h, w] features, guidance [B, 3, H, W] normalised image -> [B, C, 16h, 16w]
-        (upsamplers.py:290-301, 315-325: four x2 steps, then ``fixup_proj(x) * 0.1 + x``)."""
-        source = source.to(self.fixup_proj[1].weight.dtype)
-        kernels = self.kernels(guidance.to(source.dtype), tuple(source.shape[-2:]))
-        return self.filter(self.mix(source), kernels) + self.fixup_bias()[:, None, None]
+        """source [B, C, h, w] features, guidance [B, 3, H, W] normalised image -> [B, C, 16h, 16w] in the source's
+        dtype, computed in float32 at least (upsamplers.py:290-301, 315-325: four x2 steps, then
+        ``fixup_proj(x) * 0.1 + x``)."""
+        work = compute_dtype(self.fixup_proj[1].weight.dtype)
+        kernels = self.kernels(guidance.to(work), tuple(source.shape[-2:]))
+        out = self.filter(self.mix(source.to(work)), kernels) + self.fixup_bias()[:, None, None]
+        return out.to(source.dtype)
 
 
 def build_feature_upsampler(name: str, feat_dim: int) -> JBUUpsampler:
@@ -194,4 +216,11 @@ def build_feature_upsampler(name: str, feat_dim: int) -> JBUUpsampler:
     return JBUUpsampler(feat_dim, shared=name == "jbu_one")
 
 
-__all__ = ["FEATURE_UPSAMPLERS", "JBULearnedRange", "JBUUpsampler", "adaptive_conv", "build_feature_upsampler"]
+__all__ = [
+    "FEATURE_UPSAMPLERS",
+    "JBULearnedRange",
+    "JBUUpsampler",
+    "adaptive_conv",
+    "build_feature_upsampler",
+    "compute_dtype",
+]

@@ -19,59 +19,28 @@ import pytest
 import torch
 import torch.nn.functional as F
 from anchors import common, proxies, proxyclip
-from transformers import Dinov2Config, Dinov2WithRegistersConfig, SamVisionConfig, ViTConfig, ViTModel
+from transformers import ViTModel
 
 from hf_ovseg import TASK, OVSegModel, ZeroShotImageSegmentationPipeline
 from hf_ovseg.cli import main
 from hf_ovseg.evaluation.benchmarks import CLASSES_DIR
 from hf_ovseg.evaluation.protocols import resolve_protocol
 from hf_ovseg.processing_ovseg import OPENAI_IMAGENET_TEMPLATES
-from hf_ovseg.proxy import build_proxy_model, proxy_features
+from hf_ovseg.proxy import proxy_features
 
 import reference as ref
-from conftest import HEADS, PATCH, parity_config, peaky, run_clean_process, tiny_processor
-
-PROXY_HEADS = 2
-
-#: Tiny proxies with the native grids of the real ones: DINO ViT-B/8 (28x28 at 224), DINOv2 ViT-B/14 (37x37 at
-#: 518), SAM (an 8x8 grid here, windows of 3 padded to 9, one global block).
-PROXY_CONFIGS = {
-    "dino": lambda: ViTConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=PROXY_HEADS,
-                              intermediate_size=64, image_size=224, patch_size=8, layer_norm_eps=1e-6),
-    "dinov2": lambda: Dinov2Config(hidden_size=32, num_hidden_layers=2, num_attention_heads=PROXY_HEADS, mlp_ratio=2,
-                                   image_size=518, patch_size=14),
-    "dinov2_reg": lambda: Dinov2WithRegistersConfig(hidden_size=32, num_hidden_layers=2, mlp_ratio=2,
-                                                    num_attention_heads=PROXY_HEADS, image_size=518, patch_size=14,
-                                                    num_register_tokens=4),
-    "sam": lambda: SamVisionConfig(hidden_size=32, num_hidden_layers=2, num_attention_heads=PROXY_HEADS,
-                                   output_channels=16, image_size=128, patch_size=16, window_size=3,
-                                   global_attn_indexes=[1], mlp_dim=64),
-}  # fmt: skip
-METHODS = {"dino": "proxyclip", "dinov2": "proxyclip_dinov2", "dinov2_reg": "proxyclip_dinov2", "sam": "proxyclip_sam"}
-
-
-def peaky_proxy(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
-    """Random weights far from uniform attention: large query/key projections, position/CLS/register/rel-pos tables
-    N(0, 1), LayerNorm and LayerScale weights around 1 and 0.5, everything else N(0, 0.2^2)."""
-    generator = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            noise = torch.randn(param.shape, generator=generator)
-            if any(key in name for key in ("q_proj", "k_proj", "qkv", "query", "key")) and name.endswith("weight"):
-                param.copy_(noise * 0.5)
-            elif any(key in name for key in ("position", "pos_embed", "cls_token", "register", "rel_pos")):
-                param.copy_(noise)
-            elif ("norm" in name or "layernorm" in name) and name.endswith("weight"):
-                param.copy_(1 + 0.3 * noise)
-            elif "lambda1" in name:
-                param.copy_(0.5 + 0.3 * noise)
-            else:
-                param.copy_(0.2 * noise)
-    return model.eval()
-
-
-def tiny_proxy(kind: str, seed: int = 0) -> torch.nn.Module:
-    return peaky_proxy(build_proxy_model(PROXY_CONFIGS[kind]()), seed)
+from conftest import (
+    HEADS,
+    METHODS,
+    PATCH,
+    PROXY_CONFIGS,
+    PROXY_HEADS,
+    parity_config,
+    peaky,
+    run_clean_process,
+    tiny_processor,
+    tiny_proxy,
+)  # fmt: skip
 
 
 def official_proxy(kind: str, model: torch.nn.Module):
