@@ -22,7 +22,9 @@ import json
 import logging
 import os
 import tempfile
+from collections import deque
 from collections.abc import Iterator
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -36,6 +38,8 @@ from .inference import Stitcher
 
 logger = logging.getLogger(__name__)
 
+#: Threads that encode and write the outputs of a folder while the model works.
+OUTPUT_WRITERS = 4
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 SUMMARY = "summary.json"
 
@@ -172,20 +176,24 @@ class DecodedImages(torch.utils.data.Dataset):
     def __getitem__(self, index: int):
         try:
             photo = np.asarray(load_image(self.jobs[index].source), dtype=np.uint8)
-        except ValueError as error:
-            return index, None, None, str(error)
-        return index, resized_pixels(photo, self.short_side, self.long_side), photo, None
+            return index, resized_pixels(photo, self.short_side, self.long_side), photo, None
+        except Exception as error:  # any per-input failure (decoding, a URL, PIL's size limits) is this input's
+            return index, None, None, first_line(error, 500)
 
 
 def _as_is(item: Any) -> Any:
     return item  # keep numpy photos as they are (the default would turn them into tensors)
 
 
-def loader(dataset: torch.utils.data.Dataset, num_workers: int = 0) -> torch.utils.data.DataLoader:
-    """A DataLoader that yields ``dataset``'s items one by one, in order, prepared in ``num_workers`` processes."""
+def loader(
+    dataset: torch.utils.data.Dataset, num_workers: int = 0, pin_memory: bool = False
+) -> torch.utils.data.DataLoader:
+    """A DataLoader that yields ``dataset``'s items one by one, in order, prepared in ``num_workers`` processes
+    (their tensors in page-locked memory with ``pin_memory``, for asynchronous copies to a GPU)."""
     return torch.utils.data.DataLoader(
-        dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, prefetch_factor=2 if num_workers else None
-    )
+        dataset, batch_size=None, num_workers=num_workers, collate_fn=_as_is, pin_memory=pin_memory,
+        prefetch_factor=2 if num_workers else None,
+    )  # fmt: skip
 
 
 def class_shares(label_map: np.ndarray, names: list[str], score_sum: np.ndarray | None = None) -> dict[str, Any]:
@@ -258,44 +266,48 @@ def segment_jobs(
         else:
             (rasters if raster else todo).append((index, job))
     dataset = DecodedImages([job for _, job in todo], short_side, long_side)
-    decoded = loader(dataset, num_workers)
     device = next(pipe.model.parameters()).device
-    failures: list[dict[str, Any]] = []
+    decoded = loader(dataset, num_workers, pin_memory=device.type == "cuda")
+    done: deque[tuple[int, Job, Any]] = deque()  # in input order: a record, or a writer's future of one
 
     def stitchers():
         for position, pixels, photo, error in decoded:
             index, job = todo[position]
-            if error is not None:
-                failures.append({"index": index, "input": job.source, "error": error})
+            try:
+                if error is not None:
+                    raise ValueError(error)
+                call.check_image(*pixels.shape[-2:])
+            except ValueError as failure:
+                done.append((index, job, {"index": index, "input": job.source, "error": first_line(failure)}))
                 continue
-            image = pipe.processor.image_processor.normalize_pixels(pixels.to(device))
+            image = pipe.processor.image_processor.normalize_pixels(pixels.to(device, non_blocking=True))
             yield (index, job, photo, image), Stitcher.windows(image, call.crop_size, call.stride)
 
-    windows = call.run(stitchers())
-    for (index, job, photo, image), logits in windows:
-        while failures:
+    def finished(limit: int) -> Iterator[dict[str, Any]]:
+        """The records of the oldest jobs until at most ``limit`` outputs are still being written."""
+        while len(done) > limit or (done and isinstance(done[0][2], dict)):
+            index, job, outcome = done.popleft()
+            if not isinstance(outcome, dict):
+                try:
+                    outcome = outcome.result()
+                except (ValueError, OSError, RuntimeError) as error:
+                    outcome = {"index": index, "input": job.source, "error": first_line(error)}
             bar.update()
-            yield failures.pop(0)
-        paths = outputs_of(out_dir, job, raster=False)
-        try:
-            result = pipe.finish(logits, image, photo.shape[:2], call)
-            prediction = result["prediction"]
-            label_map = prediction.label_map.cpu().numpy()
-            record = {"image": job.source, "width": photo.shape[1], "height": photo.shape[0], **meta,
-                      "labels": call.names,
-                      "classes": class_shares(label_map, call.names, prediction.score_sum.cpu().numpy())}  # fmt: skip
-            from PIL import Image
+            yield outcome
 
-            write_image_outputs(paths, Image.fromarray(photo), label_map, call.names, record)
-        except (ValueError, OSError, RuntimeError) as error:
-            bar.update()
-            yield {"index": index, "input": job.source, "error": first_line(error)}
-            continue
-        bar.update()
-        yield _record(index, job, paths, out_dir, record)
-    while failures:
-        bar.update()
-        yield failures.pop(0)
+    # PNG encoding and writing run in a pool of threads (Pillow and zlib release the GIL) while the model works.
+    with ThreadPoolExecutor(max_workers=OUTPUT_WRITERS, thread_name_prefix="hf_ovseg-writer") as writers:
+        for (index, job, photo, image), logits in call.run(stitchers()):
+            try:
+                prediction = pipe.predict(logits, image, photo.shape[:2], call)
+                label_map, score_sum = prediction.label_map.cpu().numpy(), prediction.score_sum.cpu().numpy()
+            except (ValueError, RuntimeError) as error:
+                done.append((index, job, {"index": index, "input": job.source, "error": first_line(error)}))
+            else:
+                done.append((index, job, writers.submit(write_image_job, index, job, photo, label_map, score_sum,
+                                                        call.names, out_dir, meta)))  # fmt: skip
+            yield from finished(2 * OUTPUT_WRITERS)
+        yield from finished(0)
     for index, job in rasters:
         paths = outputs_of(out_dir, job, raster=True)
         try:
@@ -306,6 +318,20 @@ def segment_jobs(
         finally:
             bar.update()
     bar.close()
+
+
+def write_image_job(
+    index: int, job: Job, photo: np.ndarray, label_map: np.ndarray, score_sum: np.ndarray, names: list[str],
+    out_dir: Path, meta: dict[str, Any],
+) -> dict[str, Any]:  # fmt: skip
+    """Write one image's outputs (in a writer thread) and return its summary record."""
+    from PIL import Image
+
+    paths = outputs_of(out_dir, job, raster=False)
+    record = {"image": job.source, "width": photo.shape[1], "height": photo.shape[0], **meta, "labels": names,
+              "classes": class_shares(label_map, names, score_sum)}  # fmt: skip
+    write_image_outputs(paths, Image.fromarray(photo), label_map, names, record)
+    return _record(index, job, paths, out_dir, record)
 
 
 def _segment_raster(pipe, call, job, paths, meta, short_side, long_side, bands, tile_size, index, out_dir, run):

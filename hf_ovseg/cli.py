@@ -58,7 +58,7 @@ DEFAULT_PROTOCOL = {
     "crop_size": 224,
     "stride": 112,
     "patch_padding": "center",
-    "batch_size": 8,
+    "batch_size": "auto",
     "background_threshold": 0.0,
 }
 #: The flags that override a protocol's (or the default) value, by pipeline argument.
@@ -87,6 +87,11 @@ def positive_int(text: str) -> int:
     if value is None:
         raise argparse.ArgumentTypeError("expected a positive integer, got 'none'")
     return value
+
+
+def batch_size_or_auto(text: str) -> int | str:
+    """argparse type: a positive number of crops, or ``auto``."""
+    return "auto" if text.strip().lower() == "auto" else positive_int(text)
 
 
 def workers_count(text: str) -> int:
@@ -124,7 +129,12 @@ def add_inference_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--patch-padding", choices=PATCH_PADDINGS, default=unset, help="windows that are not patch multiples (center)"
     )
-    parser.add_argument("--batch-size", type=positive_int, default=unset, help="crops per forward pass (8)")
+    parser.add_argument(
+        "--batch-size",
+        type=batch_size_or_auto,
+        default=unset,
+        help="crops per forward pass, or auto: 8 on a CPU, as many as fit (up to 256) on a GPU (auto)",
+    )
     parser.add_argument("--background-threshold", type=float, default=unset, help="below it: background (0)")
     parser.add_argument("--background-label", default=None, help="label for thresholded pixels (default: background)")
     parser.add_argument("--area-threshold", type=float, default=unset, help="drop classes below this area share")

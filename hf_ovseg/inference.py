@@ -242,6 +242,13 @@ class DensePrediction:
     probabilities: torch.Tensor | None = None
 
 
+def add_counts(counts: torch.Tensor, values: torch.Tensor) -> None:
+    """``counts[v] += 1`` for every value of ``values``, in place on the device (``torch.bincount`` would read the
+    maximum back to the host on a GPU)."""
+    flat = values.flatten().long()
+    counts.index_add_(0, flat, torch.ones_like(flat))
+
+
 def class_probability_chunks(
     logits: torch.Tensor, synonym_index: torch.Tensor, size: tuple[int, int], max_chunk_elements: int = 1 << 24
 ) -> Iterator[tuple[int, torch.Tensor]]:
@@ -261,7 +268,7 @@ def area_counts(
     """[C] argmax pixel counts of each class at ``size`` (the first pass of the area threshold)."""
     counts = torch.zeros(synonym_index.shape[0], dtype=torch.int64, device=logits.device)
     for _, class_probs in class_probability_chunks(logits, synonym_index, size, max_chunk_elements):
-        counts += torch.bincount(class_probs.argmax(dim=0).flatten(), minlength=len(counts))
+        add_counts(counts, class_probs.argmax(dim=0))
     return counts
 
 
@@ -329,7 +336,7 @@ def predict_labels(
         rows = slice(top, top + labels.shape[0])
         label_map[rows] = labels.to(torch.int32)
         score_sum.index_add_(0, labels.flatten(), best.flatten().double())
-        pixel_count += torch.bincount(labels.flatten(), minlength=num_labels)
+        add_counts(pixel_count, labels)
         if probabilities is not None:
             probabilities[:, rows] = class_probs / class_probs.sum(0) if normalize_probabilities else class_probs
     return DensePrediction(label_map, score_sum, pixel_count, probabilities)

@@ -27,7 +27,15 @@ from transformers import AutoModel, Pipeline
 from transformers.pipelines import PIPELINE_REGISTRY
 
 from .image_processing_ovseg import load_image
-from .inference import Stitcher, check_patch_padding, check_windows, predict_labels, resize_bilinear, run_windows
+from .inference import (
+    DensePrediction,
+    Stitcher,
+    check_patch_padding,
+    check_windows,
+    predict_labels,
+    resize_bilinear,
+    run_windows,
+)  # fmt: skip
 from .labels import LabelSet, parse_labels
 from .postprocess import pamr
 from .processing_ovseg import check_templates
@@ -60,11 +68,28 @@ def _check_size(name: str, value: Any, allow_none: bool = True) -> None:
         raise ValueError(f"{name} must be a positive number of pixels{none}, got {value!r}")
 
 
+def auto_batch_size(model: Any, crop_size: int | None) -> int:
+    """Crops per forward pass for ``model`` on its device: 8 on a CPU (its cores are busy within one crop already);
+    on a GPU the largest power of two up to 256 whose activations (estimated per crop from its tokens, width and
+    heads, with a margin of 4) fit in the free memory."""
+    param = next(model.parameters())
+    if param.device.type != "cuda" or crop_size is None:
+        return 8
+    free, _ = torch.cuda.mem_get_info(param.device)
+    vision = model.config.vision_config
+    tokens = (crop_size // vision.patch_size) ** 2 + 1
+    per_crop = param.element_size() * tokens * (24 * vision.hidden_size + 3 * vision.num_attention_heads * tokens)
+    batch = 8
+    while batch < 256 and 4 * 2 * batch * per_crop <= free:
+        batch *= 2
+    return batch
+
+
 def check_call_arguments(kwargs: dict[str, Any]) -> None:
     """Raise ``ValueError`` naming the first bad protocol argument, before any work is done."""
     for name in ("short_side", "long_side", "crop_size", "stride"):
         _check_size(name, kwargs.get(name))
-    if "crop_batch_size" in kwargs:
+    if kwargs.get("crop_batch_size", "auto") != "auto":
         _check_size("batch_size", kwargs["crop_batch_size"], allow_none=False)
     crop, stride = kwargs.get("crop_size", 224), kwargs.get("stride")
     if crop is not None and stride is not None:
@@ -98,6 +123,17 @@ class CallSettings:
     refine: str | None
     return_probabilities: bool
     normalize_probabilities: bool = False
+    min_window: int = 1  # the smallest window side the model runs (patch_padding "none", SimFeatUp)
+
+    def check_image(self, height: int, width: int) -> None:
+        """Raise ``ValueError`` when a resized ``height x width`` image gives a window smaller than the model runs."""
+        sides = [min(side, self.crop_size or side) for side in (height, width)]
+        if min(sides) < self.min_window:
+            reason = "one patch" if self.padding == "none" else "SimFeatUp's smallest grid"
+            raise ValueError(
+                f"a {height}x{width} image (after resizing) gives {sides[0]}x{sides[1]} windows, smaller than "
+                f"{reason} ({self.min_window} pixels): use a larger image or short side"
+            )
 
     def run(self, stitchers: Iterable[tuple[Any, Stitcher]]) -> Iterator[tuple[Any, torch.Tensor]]:
         """Stitched logits ``(key, [Q, H, W])`` of many images with this call's windows (see ``run_windows``)."""
@@ -117,7 +153,8 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             ``crop_size=None`` runs the whole image at once.
         patch_padding ("center"): a window whose sides are not patch multiples is zero-padded on both sides
             (``"center"``) or loses the remainder, its logits stretched over it (``"none"``).
-        batch_size (8): crops per forward pass.
+        batch_size (8): crops per forward pass, or ``"auto"`` (8 on a CPU, up to 256 on a GPU: see
+            ``auto_batch_size``).
         refine (None): ``"pamr"`` refines the full-resolution logits with PAMR (NACLIP's setting).
         area_threshold (None): classes covering at most this share of the non-background prediction are
             dropped (their pixels go to their next-best class), as SCLIP and SFP do.
@@ -213,7 +250,7 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         labels: LabelSet,
         crop_size: int | None = 224,
         stride: int | None = None,
-        crop_batch_size: int = 8,
+        crop_batch_size: int | str = 8,
         patch_padding: str = "center",
         templates: list[str] | None = None,
         background_threshold: float = 0.0,
@@ -228,6 +265,8 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         batch with this call's method settings, and the protocol values."""
         model = self.model
         model.check_components(settings or model.config)  # a missing SimFeatUp or proxy fails before any work
+        if crop_batch_size == "auto":
+            crop_batch_size = auto_batch_size(model, crop_size)
         text = self.processor.text_embeddings(model, labels, templates)
 
         def forward(crops: torch.Tensor) -> torch.Tensor:
@@ -246,25 +285,35 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             background_index = names.index(background_label)
         if stride is None and crop_size is not None:
             stride = max(1, crop_size // 2)
+        multiple = model.window_multiple(settings)
+        min_window = multiple if patch_padding == "none" else 1
+        if model.uses_upsampler(settings or model.config):
+            min_window = multiple * (model.feature_upsampler.steps()[0].radius // 2 + 1)
         return CallSettings(
-            forward, labels, names, model.window_multiple(settings), crop_size, stride, crop_batch_size,
-            patch_padding, background_threshold, background_index, area_threshold, refine, return_probabilities,
-            normalize_probabilities,
+            forward, labels, names, multiple, crop_size, stride, crop_batch_size, patch_padding, background_threshold,
+            background_index, area_threshold, refine, return_probabilities, normalize_probabilities, min_window,
+        )  # fmt: skip
+
+    @staticmethod
+    def predict(
+        logits: torch.Tensor, image: torch.Tensor, size: tuple[int, int], call: CallSettings
+    ) -> DensePrediction:
+        """From stitched logits [Q, h, w] of the normalised image [1, 3, h, w] to the label map at ``size``, on the
+        logits' device: PAMR (optional), resize, softmax, synonyms, area and background thresholds."""
+        if call.refine == "pamr":  # NACLIP: the normalised image, resized bilinearly to the original size, guides PAMR
+            logits = resize_bilinear(logits, size)
+            guide = F.interpolate(image, size=size, mode="bilinear", align_corners=False)[0]
+            logits = pamr(guide, logits)
+        return predict_labels(
+            logits, call.labels.synonym_index, size, call.background_threshold, call.background_index,
+            call.return_probabilities, call.area_threshold, normalize_probabilities=call.normalize_probabilities,
         )  # fmt: skip
 
     def finish(
         self, logits: torch.Tensor, image: torch.Tensor, size: tuple[int, int], call: CallSettings
     ) -> dict[str, Any]:
-        """From stitched logits [Q, h, w] of the normalised image [1, 3, h, w] to the label map at ``size``:
-        PAMR (optional), resize, softmax, synonyms, area and background thresholds, masks."""
-        if call.refine == "pamr":  # NACLIP: the normalised image, resized bilinearly to the original size, guides PAMR
-            logits = resize_bilinear(logits, size)
-            guide = F.interpolate(image, size=size, mode="bilinear", align_corners=False)[0]
-            logits = pamr(guide, logits)
-        prediction = predict_labels(
-            logits, call.labels.synonym_index, size, call.background_threshold, call.background_index,
-            call.return_probabilities, call.area_threshold, normalize_probabilities=call.normalize_probabilities,
-        )  # fmt: skip
+        """[`predict`], then the masks of the classes present."""
+        prediction = self.predict(logits, image, size, call)
         present = torch.nonzero(prediction.pixel_count).flatten()
         # [P, H, W] 0/255 masks made on the model's device; the bool->uint8 view and in-place scale avoid two
         # extra full-resolution copies (this is most of the memory of a very large image).
@@ -295,4 +344,11 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
 
 PIPELINE_REGISTRY.register_pipeline(TASK, pipeline_class=ZeroShotImageSegmentationPipeline, pt_model=AutoModel)
 
-__all__ = ["REFINEMENTS", "TASK", "CallSettings", "ZeroShotImageSegmentationPipeline", "check_call_arguments"]
+__all__ = [
+    "REFINEMENTS",
+    "TASK",
+    "CallSettings",
+    "ZeroShotImageSegmentationPipeline",
+    "auto_batch_size",
+    "check_call_arguments",
+]

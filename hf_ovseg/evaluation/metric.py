@@ -11,8 +11,9 @@ sum(label)`` (253), mIoU and mAcc are NaN-means (135-138).
 
 Both are kept in one confusion matrix ``[n + 1, n + 1]``: rows are the ground truth (row ``n``: a value outside
 ``[0, n)`` other than ``ignore_index``), columns the prediction (column ``n``: outside ``[0, n)``). One matrix is
-accumulated over the whole set (not averaged per image). The torch version runs on the prediction's device
-(``torch.bincount``), so an evaluation never copies a label map to the host.
+accumulated over the whole set (not averaged per image). The torch version adds into a matrix on the prediction's
+device with ``index_add_`` (``torch.bincount`` would read a maximum back to the host), so an evaluation neither
+copies a label map to the host nor waits for the device per image.
 """
 
 from __future__ import annotations
@@ -43,20 +44,27 @@ def confusion_matrix(
     return np.bincount(reference * size + predicted, minlength=size * size).reshape(size, size)
 
 
+def add_confusion(
+    matrix: torch.Tensor, prediction: torch.Tensor, reference: torch.Tensor, ignore_index: int = IGNORE_INDEX
+) -> torch.Tensor:
+    """Add the (reference, prediction) counts of one image to ``matrix`` [n + 1, n + 1] (int64, on the device of
+    the label maps) in place, as [`confusion_matrix`] counts them, without a host synchronisation."""
+    if prediction.shape != reference.shape:
+        raise ValueError(f"prediction {tuple(prediction.shape)} and reference {tuple(reference.shape)} differ")
+    num_labels = matrix.shape[0] - 1
+    reference, predicted = reference.flatten().long(), prediction.flatten().long()
+    weights = (reference != ignore_index).long()  # ignored pixels add 0 (no boolean indexing: no sync)
+    reference = torch.where((reference >= 0) & (reference < num_labels), reference, num_labels)
+    predicted = torch.where((predicted >= 0) & (predicted < num_labels), predicted, num_labels)
+    return matrix.view(-1).index_add_(0, reference * matrix.shape[1] + predicted, weights).view_as(matrix)
+
+
 def confusion_matrix_torch(
     prediction: torch.Tensor, reference: torch.Tensor, num_labels: int, ignore_index: int = IGNORE_INDEX
 ) -> torch.Tensor:
     """[n + 1, n + 1] int64 counts as [`confusion_matrix`], computed on the tensors' device."""
-    if prediction.shape != reference.shape:
-        raise ValueError(f"prediction {tuple(prediction.shape)} and reference {tuple(reference.shape)} differ")
-    reference = reference.flatten().long()
-    predicted = prediction.flatten().long()
-    kept = reference != ignore_index
-    reference, predicted = reference[kept], predicted[kept]
-    reference = torch.where((reference >= 0) & (reference < num_labels), reference, num_labels)
-    predicted = torch.where((predicted >= 0) & (predicted < num_labels), predicted, num_labels)
-    size = num_labels + 1
-    return torch.bincount(reference * size + predicted, minlength=size * size).reshape(size, size)
+    matrix = torch.zeros(num_labels + 1, num_labels + 1, dtype=torch.int64, device=prediction.device)
+    return add_confusion(matrix, prediction, reference, ignore_index)
 
 
 def metrics_from_confusion(matrix: np.ndarray) -> dict[str, object]:
@@ -83,4 +91,4 @@ def metrics_from_confusion(matrix: np.ndarray) -> dict[str, object]:
     }
 
 
-__all__ = ["IGNORE_INDEX", "confusion_matrix", "confusion_matrix_torch", "metrics_from_confusion"]
+__all__ = ["IGNORE_INDEX", "add_confusion", "confusion_matrix", "confusion_matrix_torch", "metrics_from_confusion"]

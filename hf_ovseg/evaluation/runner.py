@@ -17,7 +17,7 @@ import torch
 from ..image_processing_ovseg import resized_pixels
 from ..labels import parse_labels
 from .benchmarks import BenchmarkDataset
-from .metric import confusion_matrix, metrics_from_confusion
+from .metric import add_confusion, metrics_from_confusion
 
 #: Knobs that apply to every method of an ablation (the others belong to the protocol's own preset).
 SHARED_KNOBS = ("dense_logit_scale", "feature_upsampling")
@@ -49,7 +49,7 @@ class EvaluationResult:
 
 class BenchmarkImages(torch.utils.data.Dataset):
     """Decodes, reads the mask and resizes (as the pipeline does) in DataLoader workers:
-    ``(index, pixels [1, 3, h, w] uint8, (H, W), mask)``."""
+    ``(index, pixels [1, 3, h, w] uint8, (H, W), mask [H, W] tensor)``."""
 
     def __init__(self, bench: BenchmarkDataset, indices: range, short_side: int | None, long_side: int | None):
         self.bench, self.indices, self.short_side, self.long_side = bench, indices, short_side, long_side
@@ -61,7 +61,7 @@ class BenchmarkImages(torch.utils.data.Dataset):
         item = self.bench[self.indices[position]]
         photo = np.asarray(item["image"], dtype=np.uint8)
         pixels = resized_pixels(photo, self.short_side, self.long_side)
-        return self.indices[position], pixels, photo.shape[:2], item["mask"]
+        return self.indices[position], pixels, photo.shape[:2], torch.from_numpy(np.asarray(item["mask"]))
 
 
 def evaluate_methods(
@@ -131,20 +131,26 @@ def evaluate_methods(
         images = BenchmarkImages(bench, indices, resize["short_side"], resize["long_side"])
 
         def stitchers(images=images, call=call):
-            for _, pixels, size, mask in loader(images, num_workers):
-                image = pipe.processor.image_processor.normalize_pixels(pixels.to(device))
-                yield (image, size, mask), Stitcher.windows(image, call.crop_size, call.stride)
+            for _, pixels, size, mask in loader(images, num_workers, pin_memory=device.type == "cuda"):
+                image = pipe.processor.image_processor.normalize_pixels(pixels.to(device, non_blocking=True))
+                yield (image, size, mask.to(device, non_blocking=True)), Stitcher.windows(image, call.crop_size,
+                                                                                         call.stride)  # fmt: skip
 
-        matrix = np.zeros((spec.num_classes + 1, spec.num_classes + 1), dtype=np.int64)
-        start = time.perf_counter()
+        # The whole per-image path stays on the device, with no host synchronisation: decoding and resizing in
+        # DataLoader workers (pinned memory on a GPU), normalisation, windows, label prediction and the confusion
+        # matrix. The running mIoU is read back every few seconds only.
+        on_device = torch.zeros(spec.num_classes + 1, spec.num_classes + 1, dtype=torch.int64, device=device)
+        start = shown = time.perf_counter()
         bar = tqdm(total=len(indices), desc=f"{spec.name} {method}", unit="img", disable=not progress,
                    dynamic_ncols=True)  # fmt: skip
         with torch.inference_mode():
             for (image, size, mask), logits in call.run(stitchers()):
-                label_map = pipe.finish(logits, image, size, call)["prediction"].label_map.cpu().numpy()
-                matrix += confusion_matrix(label_map, mask, spec.num_classes)
+                add_confusion(on_device, pipe.predict(logits, image, size, call).label_map, mask)
                 bar.update()
-                bar.set_postfix(mIoU=f"{100 * metrics_from_confusion(matrix)['mean_iou']:.1f}")
+                if progress and time.perf_counter() - shown > 2:
+                    shown = time.perf_counter()
+                    bar.set_postfix(mIoU=f"{100 * metrics_from_confusion(on_device.cpu())['mean_iou']:.1f}")
+        matrix = on_device.cpu().numpy()
         bar.close()
         seconds = time.perf_counter() - start
         if reduce is not None:
