@@ -50,9 +50,42 @@ def resolve_device(device: str | torch.device | None) -> torch.device:
     return resolved
 
 
+def hub_offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes", "on")
+
+
+def hub_reachable(timeout: float = 3.0) -> bool:
+    """Whether the Hub's endpoint answers at all within ``timeout`` seconds (through the environment's proxies)."""
+    import httpx
+    from huggingface_hub import constants
+
+    try:
+        httpx.head(constants.ENDPOINT, timeout=timeout)
+    except httpx.HTTPError:
+        return False
+    return True
+
+
+def hub_options(source: str) -> dict[str, Any]:
+    """``from_pretrained`` options for ``source``: ``{}`` for a folder or a reachable Hub, ``local_files_only`` when the
+    Hub cannot be reached but the repo is in the local cache; a repo that is neither is a ``ValueError`` at once,
+    instead of half a minute of retries (huggingface_hub's) and their warnings."""
+    if os.path.isdir(source) or hub_offline() or hub_reachable():
+        return {}
+    from huggingface_hub import try_to_load_from_cache
+
+    if isinstance(try_to_load_from_cache(source, "config.json"), str):
+        return {"local_files_only": True}
+    raise _unreachable(source, ConnectionError("the Hugging Face Hub cannot be reached"))
+
+
 def _unreachable(model: str, error: Exception) -> ValueError:
-    offline = os.environ.get("HF_HUB_OFFLINE", "0").lower() in ("1", "true", "yes")
-    where = "the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)" if offline else "it could not be fetched"
+    if hub_offline():
+        where = "the Hugging Face Hub is offline (HF_HUB_OFFLINE=1)"
+    elif isinstance(error, ConnectionError):
+        where = "the Hugging Face Hub cannot be reached from this machine"
+    else:
+        where = "it could not be fetched"
     return ValueError(
         f"cannot load model {model!r}: it is not a local folder, not in the local Hugging Face cache, and "
         f"{where}. With internet access it downloads once; offline, pass a local folder instead, e.g. "
@@ -140,18 +173,19 @@ def load_model_and_processor(
         )
     if os.path.isdir(model):
         check_model_folder(model)
+    options = hub_options(model)
     try:
-        ovseg = OVSegModel.from_pretrained(model, method=method, dtype=torch_dtype, **knobs)
+        ovseg = OVSegModel.from_pretrained(model, method=method, dtype=torch_dtype, **options, **knobs)
         try:
-            processor = OVSegProcessor.from_pretrained(model)
+            processor = OVSegProcessor.from_pretrained(model, **options)
         except (OSError, ValueError, TypeError, KeyError):
             from transformers import AutoImageProcessor, AutoTokenizer
 
             try:
-                image_processor = AutoImageProcessor.from_pretrained(model)
+                image_processor = AutoImageProcessor.from_pretrained(model, **options)
             except (OSError, ValueError):
                 image_processor = OVSegImageProcessor()  # CLIP's mean and std
-            processor = OVSegProcessor(image_processor, AutoTokenizer.from_pretrained(model))
+            processor = OVSegProcessor(image_processor, AutoTokenizer.from_pretrained(model, **options))
     except OSError as error:
         raise _unreachable(model, error) from None
     except Exception as error:  # a corrupted file in the Hub cache raises the loaders' own errors
@@ -161,7 +195,7 @@ def load_model_and_processor(
     if proxy is not None:
         from .convert import embed_proxy, read_proxy
 
-        embed_proxy(ovseg, *read_proxy(proxy))
+        embed_proxy(ovseg, *read_proxy(proxy, **hub_options(proxy)))
     return ovseg.to(torch_device).eval(), processor
 
 

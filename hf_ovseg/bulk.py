@@ -95,10 +95,10 @@ def find_inputs(inputs: list[str]) -> list[Job]:
     return jobs
 
 
-def check_inputs(jobs: list[Job]) -> None:
+def check_inputs(jobs: list[Job], bands: tuple[int, ...] | None = None) -> None:
     """Open the header of every explicitly named local file (a one-line ``ValueError`` for a bad one); a
-    GeoTIFF is opened with rasterio when the ``geo`` extra is installed."""
-    from .raster import has_rasterio, is_raster, rasterio_module
+    GeoTIFF is opened with rasterio when the ``geo`` extra is installed, and its bands checked against ``bands``."""
+    from .raster import has_rasterio, is_raster, pick_bands, rasterio_module
 
     use_rasterio = has_rasterio()
     for job in jobs:
@@ -106,9 +106,14 @@ def check_inputs(jobs: list[Job]) -> None:
             continue
         if use_rasterio and is_raster(job.source) and os.path.isfile(job.source):
             try:
-                rasterio_module().open(job.source).close()
+                dataset = rasterio_module().open(job.source)
             except Exception as error:  # rasterio's RasterioIOError and GDAL errors
                 raise ValueError(f"{job.source} is not a raster GDAL can read ({first_line(error)})") from None
+            with dataset:
+                try:
+                    pick_bands(dataset, bands)
+                except ValueError as error:
+                    raise ValueError(f"{job.source}: {error}") from None
         else:
             open_image_file(job.source).close()
 

@@ -370,12 +370,12 @@ def embed_feature_upsampler(model: OVSegModel, kind: str, tensors: dict[str, tor
     model.config.feature_upsampler = kind
 
 
-def read_proxy(source: str) -> tuple[Any, torch.nn.Module]:
+def read_proxy(source: str, **options: Any) -> tuple[Any, torch.nn.Module]:
     """A proxy's ``(config, model)`` (see [`load_proxy`]); any failure is a one-line ``ConversionError``."""
     from .proxy import load_proxy
 
     try:
-        return load_proxy(source)
+        return load_proxy(source, **options)
     except (OSError, ValueError, RuntimeError) as error:
         raise ConversionError(f"cannot use {source!r} as a proxy: {first_line(error, 300)}") from None
 
@@ -465,7 +465,12 @@ def convert(
     transformers folder or Hub id of a proxy vision model to embed (DINO, DINOv2 or SAM; see ``proxy.py``)."""
     out = Path(out_dir)
     upsampler = read_upsampler_checkpoint(feature_upsampler, trust_pickle) if feature_upsampler else None
-    proxy_parts = read_proxy(proxy) if proxy else None
+    if proxy:
+        from .api import hub_options
+
+        proxy_parts = read_proxy(proxy, **hub_options(proxy))
+    else:
+        proxy_parts = None
     path = Path(source)
     base_model = None
     if path.is_file():

@@ -32,14 +32,15 @@ def check_patch_padding(patch_padding: str) -> None:
         raise ValueError(f"unknown patch_padding {patch_padding!r}; valid values: {', '.join(PATCH_PADDINGS)}")
 
 
-def check_windows(crop: int, stride: int) -> None:
-    """Raise ``ValueError`` unless ``crop`` and ``stride`` are positive and the windows cover every pixel."""
+def check_windows(crop: int, stride: int, crop_name: str = "crop_size", stride_name: str = "stride") -> None:
+    """Raise ``ValueError`` unless ``crop`` and ``stride`` are positive and the windows cover every pixel (the
+    messages name the arguments as ``crop_name`` and ``stride_name``: the CLI's flags)."""
     if crop <= 0 or stride <= 0:
-        raise ValueError(f"crop_size and stride must be positive, got {crop} and {stride}")
+        raise ValueError(f"{crop_name} and {stride_name} must be positive, got {crop} and {stride}")
     if stride > crop:
         raise ValueError(
-            f"stride {stride} is larger than crop_size {crop}: the windows would leave pixels uncovered; "
-            f"use a stride of at most {crop}"
+            f"{stride_name} {stride} is larger than {crop_name} {crop}: the windows would leave pixels uncovered; "
+            f"use a {stride_name} of at most {crop}"
         )
 
 

@@ -85,22 +85,24 @@ def auto_batch_size(model: Any, crop_size: int | None) -> int:
     return batch
 
 
-def check_call_arguments(kwargs: dict[str, Any]) -> None:
-    """Raise ``ValueError`` naming the first bad protocol argument, before any work is done."""
+def check_call_arguments(kwargs: dict[str, Any], names: dict[str, str] | None = None) -> None:
+    """Raise ``ValueError`` naming the first bad protocol argument, before any work is done. ``names`` maps the
+    arguments to what the user typed (the CLI's flags: ``{"crop_size": "--crop-size", ...}``)."""
+    names = {"crop_batch_size": "batch_size", **(names or {})}
     for name in ("short_side", "long_side", "crop_size", "stride"):
-        _check_size(name, kwargs.get(name))
+        _check_size(names.get(name, name), kwargs.get(name))
     if kwargs.get("crop_batch_size", "auto") != "auto":
-        _check_size("batch_size", kwargs["crop_batch_size"], allow_none=False)
+        _check_size(names["crop_batch_size"], kwargs["crop_batch_size"], allow_none=False)
     crop, stride = kwargs.get("crop_size", 224), kwargs.get("stride")
     if crop is not None and stride is not None:
-        check_windows(crop, stride)
+        check_windows(crop, stride, names.get("crop_size", "crop_size"), names.get("stride", "stride"))
     check_patch_padding(kwargs.get("patch_padding", "center"))
     if kwargs.get("refine") not in (None, *REFINEMENTS):
         raise ValueError(f"unknown refine {kwargs['refine']!r}; valid values: None, {', '.join(REFINEMENTS)}")
     for name in ("background_threshold", "area_threshold"):
         value = kwargs.get(name)
         if value is not None and not 0.0 <= float(value) <= 1.0:
-            raise ValueError(f"{name} must lie in [0, 1], got {value}")
+            raise ValueError(f"{names.get(name, name)} must lie in [0, 1], got {value}")
     if "templates" in kwargs and kwargs["templates"] is not None:
         check_templates(kwargs["templates"])
 

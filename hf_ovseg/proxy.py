@@ -168,17 +168,18 @@ def proxy_features(model: nn.Module, pixel_values: torch.Tensor, square_grid: bo
     return tokens.reshape(batch, rows, cols, -1).permute(0, 3, 1, 2)
 
 
-def load_proxy(source: str) -> tuple[Any, nn.Module]:
+def load_proxy(source: str, **options: Any) -> tuple[Any, nn.Module]:
     """``(config, model)`` of a proxy from a transformers folder or Hub repo id (a DINO ``ViTModel``, a DINOv2 model
     or a ``SamModel``, whose vision tower is kept), on the CPU in float32. DINO's LayerNorm eps is set to its
-    official 1e-6. Raises ``ValueError`` naming the problem."""
+    official 1e-6. ``options``: ``from_pretrained`` options (``local_files_only``). Raises ``ValueError`` naming
+    the problem."""
     from transformers import AutoConfig, AutoModel
 
     try:
-        config = AutoConfig.from_pretrained(source)
+        config = AutoConfig.from_pretrained(source, **options)
     except (OSError, ValueError) as error:
         raise ValueError(f"cannot read the proxy {source!r}: {str(error).splitlines()[0][:300]}") from None
-    loaded = AutoModel.from_pretrained(source, dtype=torch.float32)
+    loaded = AutoModel.from_pretrained(source, dtype=torch.float32, **options)
     if config.model_type == "sam":
         config, weights = config.vision_config, {
             k: v for k, v in loaded.state_dict().items() if k.startswith("vision_encoder.")

@@ -95,7 +95,8 @@ def pick_bands(dataset: Any, bands: tuple[int, ...] | None) -> tuple[int, int, i
     count = dataset.count
     if bands is not None:
         if len(bands) != 3 or any(not 1 <= b <= count for b in bands):
-            raise ValueError(f"--bands needs three band numbers in 1..{count} for {dataset.name}, got {bands}")
+            wanted = ",".join(map(str, bands))
+            raise ValueError(f"--bands {wanted} does not fit: this raster has {count} bands (1..{count})")
         return tuple(bands)
     from rasterio.enums import ColorInterp
 
@@ -106,7 +107,7 @@ def pick_bands(dataset: Any, bands: tuple[int, ...] | None) -> tuple[int, int, i
         return 1, 2, 3
     if count == 1:
         return 1, 1, 1
-    raise ValueError(f"{dataset.name} has {count} bands: say which to use as red, green, blue with --bands")
+    raise ValueError(f"this raster has {count} bands: say which to use as red, green, blue with --bands")
 
 
 def open_raster(dataset: Any, bands: tuple[int, ...] | None = None) -> Raster:

@@ -206,3 +206,30 @@ def test_accelerate_launch_two_processes_is_byte_identical(tiny_folder, photo_tr
 def test_jobs_from_urls_keep_their_names():
     (job,) = find_inputs(["https://example.org/images/street.jpg?size=large"])
     assert job == Job("https://example.org/images/street.jpg?size=large", "street", True)
+
+
+def test_a_url_that_cannot_be_fetched_is_one_failure(tiny_folder, photo_tree, tmp_path, capsys):
+    """A URL is an input like a file: when it cannot be fetched (nothing listens on that port), it is one entry in
+    summary.json's failures with a one-line message, the other inputs are written, and the exit status is 1."""
+    import socket
+
+    from hf_ovseg.cli import main
+
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    url = f"http://127.0.0.1:{port}/nothere.jpg"
+    first, last = sorted(photo_tree.rglob("*.jpg"))[:2]
+    out = tmp_path / "out"
+    code = main(["segment", str(first), url, str(last), "--labels", "person,sky", "--model", str(tiny_folder),
+                 "--out", str(out), "--num-workers", "0", *FAST])  # fmt: skip
+    assert code == 1
+    summary = json.loads((out / "summary.json").read_text())
+    assert [image["input"] for image in summary["images"]] == [str(first), str(last)]
+    (failure,) = summary["failures"]
+    assert failure["input"] == url and failure["error"].startswith(f"cannot read an image from {url}")
+    assert "\n" not in failure["error"]
+    for image in summary["images"]:
+        assert all((out / path).is_file() for path in image["outputs"].values())
+    err = capsys.readouterr().err
+    assert f"hf-ovseg: error: {url}: cannot read an image" in err and "Traceback" not in err

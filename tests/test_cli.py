@@ -78,7 +78,9 @@ def test_labels_file_synonyms_and_tiny_image(tiny_folder, tmp_path, capsys):
 @pytest.mark.parametrize(
     ("make_args", "message"),
     [
-        (lambda d, img: [img, "--labels", " , "], "candidate_labels is empty"),
+        (lambda d, img: [img, "--labels", " , "], "--labels is empty"),
+        (lambda d, img: [img, "--labels", "dog,,cat"], r"--labels has an empty class name \(item 2\)"),
+        (lambda d, img: [img, "--labels", "dog| ,cat"], r"--labels item 1 \('dog\|'\) has an empty synonym"),
         (lambda d, img: [img, "--labels", "cat,cat"], "duplicate labels: cat"),
         (lambda d, img: [img], "exactly one of --labels or --labels-file"),
         (lambda d, img: [img, "--labels-file", d / "none.txt"], "labels file not found"),
@@ -122,3 +124,55 @@ def test_offline_default_model_error_says_how_to_fix(tmp_path):
     assert "--model /path/to/" in result.stderr
     assert len(result.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "o").exists()
+
+
+def test_unreachable_hub_fails_fast_and_quietly(tmp_path):
+    """Without HF_HUB_OFFLINE, on a machine that cannot reach the Hub (here: an endpoint nothing listens on), the
+    default model fails at once with the one-line error, not after huggingface_hub's retries (23 stderr lines and
+    about 30 s before this check)."""
+    import socket
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    image = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    env = {k: v for k, v in os.environ.items() if not k.endswith("_OFFLINE")}
+    env.update({"HF_ENDPOINT": f"http://127.0.0.1:{port}", "HF_HUB_CACHE": str(tmp_path / "empty"),
+                "HF_HOME": str(tmp_path)})  # fmt: skip
+    result = subprocess.run(
+        [sys.executable, "-m", "hf_ovseg.cli", "segment", str(image), "--labels", "a,b", "--out", str(tmp_path / "o")],
+        env=env, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip().splitlines() == [result.stderr.strip()]
+    assert "cannot be reached from this machine" in result.stderr and "--model /path/to/" in result.stderr
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(
+    ("flags", "message"),
+    [
+        (["--crop-size", "32", "--stride", "64"], "--stride 64 is larger than --crop-size 32"),
+        (["--background-threshold", "2"], r"--background-threshold must lie in \[0, 1\]"),
+        (["--area-threshold", "-1"], r"--area-threshold must lie in \[0, 1\]"),
+    ],
+)
+def test_errors_name_the_flags_the_user_typed(flags, message, tiny_folder, tmp_path, capsys):
+    """Messages say --crop-size where the user typed it, not the pipeline's crop_size."""
+    image = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    code, _, err = run(capsys, "segment", image, "--labels", "a,b", "--model", tiny_folder, "--out", tmp_path / "o",
+                       *flags)  # fmt: skip
+    assert code == 2 and err.count("\n") == 1
+    assert __import__("re").search(message, err), err
+    assert not (tmp_path / "o").exists()
+
+
+def test_float16_on_cpu_warns(tiny_folder, tmp_path, capsys, caplog):
+    image = tmp_path / "ok.png"
+    Image.fromarray(np.zeros((20, 20, 3), np.uint8)).save(image)
+    code, _, err = run(capsys, "segment", image, "--labels", "a,b", "--model", tiny_folder, "--out", tmp_path / "o",
+                       "--dtype", "float16", "--device", "cpu", *FAST)  # fmt: skip
+    assert code == 0
+    assert "--dtype float16 on a CPU is slower than float32" in caplog.text

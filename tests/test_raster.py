@@ -48,7 +48,7 @@ def test_bands_and_16_bit_stretch(tmp_path):
     with rasterio.open(tmp_path / "scene.tif") as dataset:
         assert pick_bands(dataset, None) == (3, 2, 1)  # the bands tagged red, green, blue
         assert pick_bands(dataset, (4, 3, 2)) == (4, 3, 2)
-        with pytest.raises(ValueError, match="--bands needs three band numbers in 1..4"):
+        with pytest.raises(ValueError, match=r"--bands 5,1,2 does not fit: this raster has 4 bands \(1..4\)"):
             pick_bands(dataset, (5, 1, 2))
         raster = open_raster(dataset)
         rgb, valid = read_rgb(dataset, raster)
@@ -155,8 +155,14 @@ def test_raster_errors(tiny_folder, tmp_path, capsys):
             str(tmp_path / "o"), *FAST]  # fmt: skip
     assert main([*args, "--bands", "3,2"]) == 2
     assert "--bands takes three band numbers" in capsys.readouterr().err
-    assert main([*args, "--bands", "9,2,1"]) == 1  # this image fails; its message is in the summary
+    # a named raster's bands are checked before the model loads: one line naming the file once, nothing written
+    assert main([*args, "--bands", "9,2,1"]) == 2
+    error = capsys.readouterr().err
+    assert error.strip() == f"hf-ovseg: error: {tmp_path / 'scene.tif'}: --bands 9,2,1 does not fit: this raster has " \
+                            "4 bands (1..4)" and not (tmp_path / "o").exists()  # fmt: skip
+    # found through a folder, the raster is checked when its turn comes: one entry in the summary, path once
+    assert main([*args[:1], str(tmp_path), *args[2:], "--bands", "9,2,1"]) == 1
     summary = json.loads((tmp_path / "o" / "summary.json").read_text())
-    assert "--bands needs three band numbers in 1..4" in summary["failures"][0]["error"]
+    assert summary["failures"][0]["error"] == "--bands 9,2,1 does not fit: this raster has 4 bands (1..4)"
     assert main([*args, "--refine", "pamr"]) == 1
     assert "not supported for GeoTIFF" in capsys.readouterr().err
