@@ -17,6 +17,7 @@ The two buttons are also API endpoints, ``/segment`` and ``/compare``, for ``gra
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import tempfile
@@ -51,6 +52,27 @@ def gradio_module() -> Any:
     except ImportError:
         raise ValueError("the demo needs gradio: pip install 'hf_ovseg[demo]'") from None
     return gradio
+
+
+@functools.cache
+def image_input_class() -> type:
+    """``gr.Image`` whose upload is passed to the request function as a file path even when Gradio cannot decode it
+    (a text file named ``x.jpg``): Gradio's own decoding would fail before the request function runs and the page
+    would show a bare "Error"; this way the request function explains the problem. Its frontend is gr.Image's."""
+    gr = gradio_module()
+
+    class ImageInput(gr.Image):
+        is_template = True  # render with gr.Image's frontend
+
+        def preprocess(self, payload: Any) -> Any:
+            try:
+                return super().preprocess(payload)
+            except Exception:  # PIL's UnidentifiedImageError and friends: the request function reports it
+                if payload is None or getattr(payload, "path", None) is None:
+                    raise
+                return str(payload.path)
+
+    return ImageInput
 
 
 class DemoError(ValueError):
@@ -122,11 +144,13 @@ def build_demo(pipe: Any, concurrency: int = 2, max_queue: int = 32) -> Any:
     ``concurrency`` requests at a time and at most ``max_queue`` waiting. Call ``.launch()`` on it."""
     gr = gradio_module()
     default_method = pipe.model.config.method
+    pipe.processor.progress_bar = True  # a long class list shows its text encoding's progress in the page
 
     def guarded(function):
-        def run(*args):
+        @functools.wraps(function)  # Gradio reads the signature (the progress argument)
+        def run(*args, **kwargs):
             try:
-                return function(*args)
+                return function(*args, **kwargs)
             except DemoError as error:
                 raise gr.Error(str(error), print_exception=False) from None
             except Exception as error:  # an unexpected failure: a short message in the page, details in the log
@@ -135,7 +159,8 @@ def build_demo(pipe: Any, concurrency: int = 2, max_queue: int = 32) -> Any:
 
         return run
 
-    def segment(image, classes, method, top_k, similarity, debias, threshold):
+    def segment(image, classes, method, top_k, similarity, debias, threshold,
+                progress=gr.Progress(track_tqdm=True)):  # noqa: B008 (Gradio's way: the page shows the text encoding's bar)
         out = segment_image(pipe, image, classes, method, top_k, similarity, debias, threshold)
         return out["overlay"], out["masks"], out["table"], out["label_file"], out["json_file"]
 
@@ -146,6 +171,9 @@ def build_demo(pipe: Any, concurrency: int = 2, max_queue: int = 32) -> Any:
             out = segment_image(pipe, image, classes, method, *(values[k] for k in KNOBS), 0.0)
             overlays.append(out["overlay"])
         return overlays
+
+    def cleared(outputs):
+        return lambda: [None] * len(outputs)
 
     def preset_knobs(method):
         values = preset_values(method)
@@ -158,7 +186,7 @@ def build_demo(pipe: Any, concurrency: int = 2, max_queue: int = 32) -> Any:
         )
         with gr.Row():
             with gr.Column():
-                image = gr.Image(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image")
+                image = image_input_class()(type="filepath", sources=["upload", "clipboard", "webcam"], label="Image")
                 classes = gr.Textbox(label="Classes", placeholder="road, building, sky|clouds, tree", lines=2)
                 gr.Examples(EXAMPLES, inputs=[image, classes])
             with gr.Column():
@@ -186,13 +214,16 @@ def build_demo(pipe: Any, concurrency: int = 2, max_queue: int = 32) -> Any:
                         overlay_a = gr.Image(label="A", type="pil", interactive=False, elem_id="overlay-a")
                         overlay_b = gr.Image(label="B", type="pil", interactive=False, elem_id="overlay-b")
         method.change(preset_knobs, inputs=method, outputs=[top_k, similarity, debias])
-        run.click(
+        results = [overlay, masks, table, label_file, json_file]
+        # a new request first clears the last one's results, so that an error never leaves them on screen
+        run.click(cleared(results), outputs=results, queue=False, api_name=False).then(
             guarded(segment),
             inputs=[image, classes, method, top_k, similarity, debias, threshold],
-            outputs=[overlay, masks, table, label_file, json_file],
+            outputs=results,
             api_name="segment",
         )
-        compare_button.click(
+        compare_button.click(cleared([overlay_a, overlay_b]), outputs=[overlay_a, overlay_b], queue=False,
+                             api_name=False).then(  # fmt: skip
             guarded(compare),
             inputs=[image, classes, method_a, method_b],
             outputs=[overlay_a, overlay_b],

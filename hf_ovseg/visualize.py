@@ -9,6 +9,8 @@ from its missing-glyph box.
 from __future__ import annotations
 
 import functools
+import logging
+import math
 import shutil
 import subprocess
 from pathlib import Path
@@ -16,12 +18,16 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
+logger = logging.getLogger(__name__)
+
 #: Most labels a palette ('P') PNG holds; beyond, label maps are written as 16-bit PNGs.
 PALETTE_LABELS = 256
 #: Most labels a 16-bit label map holds.
 MAX_LABELS = 65536
 #: Legend rows drawn at most (the classes with the largest area first).
 LEGEND_ROWS = 24
+#: The legend column holds at least this many average characters (name and share), whatever the photo's width.
+LEGEND_CHARACTERS = 28
 
 #: Fonts tried after fontconfig, in order (Debian/Ubuntu, Fedora, macOS, Windows paths).
 FONT_PATHS = (
@@ -110,9 +116,12 @@ def _fontconfig_files(charset: str) -> tuple[str, ...]:
 
 @functools.cache
 def font_for(text: str, size: int) -> ImageFont.ImageFont:
-    """A font of ``size`` pixels that draws every character of ``text``; Pillow's built-in one if none does."""
+    """A font of ``size`` pixels that draws every character of ``text``. When no installed font does, a warning
+    names the characters and the packages that draw them, and the font that draws the most is used (Pillow's
+    built-in one when there is no other)."""
     visible = sorted({char for char in text if not char.isspace()})
     charset = " ".join(f"{ord(char):x}" for char in visible)
+    best, best_count = ImageFont.load_default(size=size), -1
     for path in (*_fontconfig_files(charset), *FONT_PATHS):
         if not Path(path).is_file():
             continue
@@ -122,7 +131,15 @@ def font_for(text: str, size: int) -> ImageFont.ImageFont:
             continue
         if font_covers(font, text):
             return font
-    return ImageFont.load_default(size=size)
+        count = sum(font_covers(font, char) for char in visible)
+        if count > best_count:
+            best, best_count = font, count
+    missing = "".join(char for char in visible if not font_covers(best, char))
+    logger.warning(
+        "no installed font draws %r of the label %r: the legend shows boxes for them; install a font with wide "
+        "coverage (Debian/Ubuntu: apt-get install fonts-noto-cjk or fonts-droid-fallback)", missing, text
+    )
+    return best
 
 
 def fit_text(text: str, font: ImageFont.ImageFont, width: float) -> str:
@@ -143,9 +160,10 @@ def overlay_image(
     """The photo blended with the coloured classes, and a legend of the classes found, largest first.
 
     Negative label ids (no data) show the photo uncoloured. The legend lists at most ``LEGEND_ROWS`` classes
-    with a visible share (0.0% is left out), names longer than the legend column are shortened with an
-    ellipsis, and the column is at most a third of the photo's width (at least 160 pixels), so that a long
-    label never makes the overlay wide.
+    with a visible share (0.0% is left out). Its column is as wide as its longest row, at most a third of the
+    photo's width but never less than ``LEGEND_CHARACTERS`` characters, so a narrow or tall photo still gets
+    readable names; a longer name is shortened with an ellipsis, its percentage always shown. The rows start two
+    lines below the top, clear of an image viewer's toolbar (Gradio's buttons sit over the top-right corner).
     """
     colors = class_colors(max(len(labels), 1))
     coloured = Image.fromarray(colors[label_map.clip(0, len(colors) - 1)])
@@ -159,17 +177,19 @@ def overlay_image(
     shown = visible[:LEGEND_ROWS]
     hidden = len(visible) - len(shown)
     rows = [(name, f"  {share:.1%}") for share, name in shown] + ([("", f"+{hidden} more")] if hidden else [])
-    column = max(160, photo.width // 3)
+    column = max(LEGEND_CHARACTERS * font_size // 2 + 2 * line, photo.width // 3)
     text_width = column - 2 * line
     fonts = [font_for(name + share, font_size) for name, share in rows]
     texts = [fit_text(name, font, text_width - font.getlength(share)) + share if name else share
              for (name, share), font in zip(rows, fonts, strict=True)]  # fmt: skip
-    width = int(min(column, max((f.getlength(t) for t, f in zip(texts, fonts, strict=True)), default=0) + 2 * line))
-    canvas = Image.new("RGB", (photo.width + width, max(photo.height, line * (len(rows) + 1))), "white")
+    longest = max((font.getlength(text) for text, font in zip(texts, fonts, strict=True)), default=0)
+    width = math.ceil(min(column, longest + 2 * line))
+    first = 2 * line
+    canvas = Image.new("RGB", (photo.width + width, max(photo.height, first + line * len(rows))), "white")
     canvas.paste(blended, (0, 0))
     draw = ImageDraw.Draw(canvas)
     for row, ((name, _), font, text) in enumerate(zip(rows, fonts, texts, strict=True)):
-        top, left = line // 2 + row * line, photo.width + line // 2
+        top, left = first + row * line, photo.width + line // 2
         if name:
             color = tuple(int(c) for c in colors[labels.index(name)])
             draw.rectangle([left, top, left + line - 6, top + line - 6], fill=color)
@@ -179,6 +199,7 @@ def overlay_image(
 
 __all__ = [
     "FONT_PATHS",
+    "LEGEND_CHARACTERS",
     "LEGEND_ROWS",
     "MAX_LABELS",
     "PALETTE_LABELS",

@@ -22,7 +22,7 @@ from hf_ovseg.cli import main
 from hf_ovseg.convert import ConversionError, convert
 from hf_ovseg.image_processing_ovseg import load_image
 from hf_ovseg.labels import parse_labels
-from hf_ovseg.visualize import LEGEND_ROWS, font_covers, font_for, overlay_image
+from hf_ovseg.visualize import LEGEND_CHARACTERS, LEGEND_ROWS, font_covers, font_for, overlay_image
 
 from conftest import tiny_pipeline, tiny_processor
 
@@ -277,7 +277,40 @@ def test_long_label_warns_and_the_legend_stays_narrow(caplog):
     label_map[:, 150:] = 1
     fractions = {long_name: 0.5, "road": 0.5, "sky": 0.0001}
     overlay = overlay_image(photo, label_map, [long_name, "road", "sky"], fractions)
-    assert overlay.width <= 300 + max(160, 300 // 3)
+    assert overlay.width <= 300 + LEGEND_CHARACTERS * 12 // 2 + 2 * 19  # 12 px text on a 200 px photo
+
+
+@pytest.mark.parametrize("size", [(2, 9000), (9000, 2), (40, 40)])
+def test_the_legend_is_sized_from_its_text(size):
+    """A tall or tiny photo still gets a legend wide enough for its names and percentages (a 2x9000 photo had a
+    160 px column at a 32 px font: every name was an ellipsis and the percentages were cut)."""
+    width, height = size
+    photo = Image.new("RGB", size, "gray")
+    label_map = np.zeros((height, width), dtype=np.int64)
+    names = ["vegetation", "impervious surface"]
+    overlay = overlay_image(photo, label_map, names, {"vegetation": 0.625, "impervious surface": 0.375})
+    font_size = max(12, min(32, height // 30))
+    line = int(font_size * 1.6)
+    for name, share in zip(names, ("62.5%", "37.5%"), strict=True):
+        font = font_for(f"{name}  {share}", font_size)
+        needed = font.getlength(f"{name}  {share}") + 2 * line
+        assert overlay.width - width >= needed, (size, name)  # drawn whole: no ellipsis, no cut percentage
+
+
+def test_a_label_no_font_draws_warns(monkeypatch, caplog):
+    """Without a font for the characters (fontconfig and the known paths find none), a warning names them and the
+    packages that draw them, instead of silent boxes."""
+    import hf_ovseg.visualize as visualize
+
+    monkeypatch.setattr(visualize, "FONT_PATHS", ())
+    monkeypatch.setattr(visualize, "_fontconfig_files", lambda charset: ())
+    visualize.font_for.cache_clear()
+    try:
+        with caplog.at_level(logging.WARNING, logger="hf_ovseg"):
+            visualize.font_for("猫 ネコ", 20)
+    finally:
+        visualize.font_for.cache_clear()
+    assert "no installed font draws" in caplog.text and "fonts-noto-cjk" in caplog.text and "猫" in caplog.text
 
 
 def test_legend_leaves_out_classes_at_zero_percent():

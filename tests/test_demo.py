@@ -101,9 +101,14 @@ def test_demo_in_a_real_browser(served, fixtures, tmp_path):
             expect(table).to_contain_text(name, timeout=60000)
         expect(page.locator("#overlay img")).to_have_count(1, timeout=60000)
         expect(page.locator("#masks img").first).to_be_visible(timeout=60000)
-        # the overlay is the photo with a legend column beside it
+        # the overlay is the photo with a legend column beside it, whose first row is below Gradio's buttons
         overlay = Image.open(io.BytesIO(page.request.get(page.locator("#overlay img").get_attribute("src")).body()))
         assert overlay.height == 375 and overlay.width > 500
+        shown = page.locator("#overlay img").bounding_box()
+        buttons = page.locator("#overlay .icon-button-wrapper").bounding_box()
+        line = int(max(12, min(32, 375 // 30)) * 1.6)  # visualize.overlay_image's row height for this photo
+        first_row = shown["y"] + 2 * line * shown["height"] / overlay.height
+        assert first_row >= buttons["y"] + buttons["height"], (first_row, buttons)
         page.screenshot(path=tmp_path / "demo.png", full_page=True)
         assert Image.open(tmp_path / "demo.png").width >= 800
         png_link = page.locator("#label-file a[href$='labels.png']")
@@ -113,11 +118,22 @@ def test_demo_in_a_real_browser(served, fixtures, tmp_path):
         assert page.request.get(png_link.get_attribute("href")).body()[:8] == b"\x89PNG\r\n\x1a\n"
         summary = json.loads(page.request.get(json_link.get_attribute("href")).body())
         assert summary["labels"] == ["bus", "car", "road"] and summary["width"] == 500
-        # bad input: a readable message in the page, and the app keeps serving
+        # bad input: a readable message in the page, the last results cleared, and the app keeps serving
         classes.fill(" ")
         page.get_by_role("button", name="Segment", exact=True).click()
         expect(page.get_by_text("Give at least one class name")).to_be_visible(timeout=60000)
+        expect(table).not_to_contain_text("share", timeout=60000)
+        expect(page.locator("#overlay img")).to_have_count(0, timeout=60000)
         assert "Traceback" not in page.content()
+        # a file that is not an image, although named .jpg: Gradio cannot decode it; the page says what is wrong
+        fake = tmp_path / "x.jpg"
+        fake.write_text("this is not a picture")
+        page.locator("input[type=file]").first.set_input_files(str(fake))
+        classes.fill("bus, sky")
+        page.get_by_role("button", name="Segment", exact=True).click()
+        expect(page.get_by_text("x.jpg is not an image file")).to_be_visible(timeout=60000)
+        expect(table).not_to_contain_text("share", timeout=60000)
+        page.locator("input[type=file]").first.set_input_files(str(photo))
         classes.fill("bus, sky")
         page.get_by_role("button", name="Segment", exact=True).click()
         expect(table).to_contain_text("sky", timeout=60000)
@@ -127,6 +143,21 @@ def test_demo_in_a_real_browser(served, fixtures, tmp_path):
         expect(page.locator("#overlay-a img")).to_have_count(1, timeout=60000)
         expect(page.locator("#overlay-b img")).to_have_count(1, timeout=60000)
         browser.close()
+
+
+def test_api_errors_are_readable(served, fixtures, tmp_path):
+    """Through the API (gradio_client) a bad upload or bad classes give the page's message, not Gradio's "has not
+    enabled verbose error reporting"."""
+    from gradio_client import Client, handle_file
+
+    fake = tmp_path / "x.jpg"
+    fake.write_text("this is not a picture")
+    client = Client(served, verbose=False, download_files=str(tmp_path), analytics_enabled=False)
+    with pytest.raises(Exception, match="x.jpg is not an image file"):
+        client.predict(handle_file(str(fake)), "road, sky", "seed", 3, 1.0, 0.2, 0.0, api_name="/segment")
+    photo = fixtures / "voc" / "JPEGImages" / "2011_000025.jpg"
+    with pytest.raises(Exception, match="Give at least one class name"):
+        client.predict(handle_file(str(photo)), " ", "seed", 3, 1.0, 0.2, 0.0, api_name="/segment")
 
 
 def test_sixteen_concurrent_api_requests(served, pipe, fixtures, tmp_path):
