@@ -4,13 +4,15 @@
    to the original size runs in row chunks, so memory is bounded by the model, the decoded photo and the
    per-class masks at full resolution, not by the image area times the number of classes.
    ``--feature-upsampler`` runs ``segearth`` with SimFeatUp (``jbu_one``, random weights), which upsamples
-   every crop's features to [512, 224, 224].
+   every crop's features to [512, 224, 224]; ``--proxy dino|dinov2|sam`` runs the ProxyCLIP preset with a
+   ViT-B-sized random proxy (ProxyCLIP's 336 windows).
 2. ``--raster``: a ``--width`` x ``--height`` RGB GeoTIFF (20000 x 20000 by default, written by blocks) through
    ``hf-ovseg segment`` in a child process: read and written by windows, tiles at native resolution
    (``--short-side none``), or resized. The child's peak resident memory is measured by the kernel.
 
     python benchmarks/bench_memory.py                                   # ViT-B/16 random weights, 21 labels
     python benchmarks/bench_memory.py --feature-upsampler
+    python benchmarks/bench_memory.py --proxy dino
     python benchmarks/bench_memory.py --raster --short-side none --stride 224   # needs the geo extra
 """
 
@@ -49,10 +51,13 @@ def current_rss_mb() -> float:
 
 
 def photo_memory(args: argparse.Namespace) -> None:
-    method = "segearth" if args.feature_upsampler else "seed"
-    pipe = vit_b16_pipeline(method, feature_upsampler="jbu_one" if args.feature_upsampler else None)
+    from random_vit import PROXY_METHODS
+
+    method = "segearth" if args.feature_upsampler else PROXY_METHODS.get(args.proxy, "seed")
+    pipe = vit_b16_pipeline(method, feature_upsampler="jbu_one" if args.feature_upsampler else None, proxy=args.proxy)
+    call = {"short_side": 336, "crop_size": 336, "stride": 112} if args.proxy else {}
     labels = [f"class {i}" for i in range(args.labels)]
-    pipe(np.zeros((64, 64, 3), np.uint8), candidate_labels=labels)  # text embeddings cached, allocator warm
+    pipe(np.zeros((64, 64, 3), np.uint8), candidate_labels=labels, **call)  # text cached, allocator warm
     # A smooth synthetic photo (gradients), so that classes can appear in large regions.
     x = np.linspace(0, 255, args.width, dtype=np.float32)[None, :]
     y = np.linspace(0, 255, args.height, dtype=np.float32)[:, None]
@@ -62,10 +67,10 @@ def photo_memory(args: argparse.Namespace) -> None:
     before = current_rss_mb()
     reset_peak()
     start = time.perf_counter()
-    segments = pipe(photo, candidate_labels=labels)
+    segments = pipe(photo, candidate_labels=labels, **call)
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
-    upsampler = ", SimFeatUp jbu_one on" if args.feature_upsampler else ""
+    upsampler = ", SimFeatUp jbu_one on" if args.feature_upsampler else f", {args.proxy} proxy" if args.proxy else ""
     print(f"image {args.width}x{args.height}, {args.labels} labels, method {method}{upsampler}, "
           f"{len(segments)} segments, {seconds:.1f} s")  # fmt: skip
     print(f"resident before the call: {before:.0f} MB (model, photo); peak during the call: {peak:.0f} MB")
@@ -135,6 +140,7 @@ def main() -> None:
     parser.add_argument("--height", type=int, default=None, help="default 4000 (photo) or 20000 (raster)")
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--feature-upsampler", action="store_true", help="segearth with SimFeatUp (photo mode)")
+    parser.add_argument("--proxy", choices=["dino", "dinov2", "sam"], default=None, help="ProxyCLIP (photo mode)")
     parser.add_argument("--short-side", default="none", help="raster mode: 'none' (native) or pixels")
     parser.add_argument("--stride", type=int, default=112, help="raster mode: window stride (crop 224)")
     parser.add_argument("--limit-mb", type=float, default=3072)

@@ -11,11 +11,18 @@ in one run and for each dtype:
 Prints a markdown table with the medians, the ratio pipeline/floor, images/s and peak memory.
 
 With ``--feature-upsampler`` it instead times ``method="segearth"`` with and without SimFeatUp (``jbu_one``,
-random weights of the published checkpoint's shape) on the same crops and prints the extra time per crop.
+random weights of the published checkpoint's shape) on the same crops and prints the extra time per crop, and
+that extra time over the ViT forward of one crop (the floor's time per crop).
+
+With ``--proxy dino|dinov2|sam`` it times the ProxyCLIP preset of that proxy (ViT-B-sized random weights) with
+ProxyCLIP's VOC setting (short side 336, crop 336, stride 112: a 336x504 image gives 3 crops) against its floor:
+the plain CLIP forward plus the proxy's plain forward (``ViTModel``, ``Dinov2WithRegistersModel``, SAM's
+``SamVisionModel`` on the 1024x1024 stretch) over the same crops.
 
     python benchmarks/bench_speed.py                       # fp32 and bf16 on CPU (fp16 on CUDA if present)
     python benchmarks/bench_speed.py --device cuda --dtypes float16
     python benchmarks/bench_speed.py --feature-upsampler --dtypes float32
+    python benchmarks/bench_speed.py --proxy dino --dtypes float32
 """
 
 from __future__ import annotations
@@ -104,9 +111,55 @@ def bench_upsampler(dtype: torch.dtype, device: torch.device, repeats: int) -> d
     def run(upsampling: bool):
         return lambda: pipe(photo, candidate_labels=VOC21, feature_upsampling=upsampling, batch_size=BATCH)
 
-    crops = len(window_boxes(HEIGHT, WIDTH, CROP, STRIDE))
+    boxes = window_boxes(HEIGHT, WIDTH, CROP, STRIDE)
+    floor_model = CLIPVisionModel(pipe.model.config.vision_config).to(device=device, dtype=dtype).eval()
+    pixels = torch.randn(len(boxes), 3, CROP, CROP, device=device, dtype=dtype)
+
+    def floor() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(boxes), BATCH):
+                floor_model(pixel_values=pixels[start : start + BATCH])
+
+    crops = len(boxes)
     without, with_up = median_time(run(False), device, repeats), median_time(run(True), device, repeats)
-    return {"without": without, "with": with_up, "per_crop": (with_up - without) / crops, "crops": crops}
+    vit = median_time(floor, device, repeats) / crops
+    return {"without": without, "with": with_up, "per_crop": (with_up - without) / crops, "crops": crops, "vit": vit}
+
+
+#: ProxyCLIP's VOC setting (configs/cfg_voc21.py: short side 336; segmentor: crop 336, stride 112).
+PROXY_HEIGHT, PROXY_WIDTH, PROXY_CROP, PROXY_STRIDE = 336, 504, 336, 112
+
+
+def bench_proxy(kind: str, dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, float]:
+    from hf_ovseg.proxy import proxy_features
+
+    from random_vit import PROXY_METHODS
+
+    pipe = vit_b16_pipeline(PROXY_METHODS[kind], device, dtype, proxy=kind)
+    model = pipe.model
+    floor_model = CLIPVisionModel(model.config.vision_config).to(device=device, dtype=dtype).eval()
+    floor_model.load_state_dict(model.vision_model.state_dict())
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (PROXY_HEIGHT, PROXY_WIDTH, 3), np.uint8))
+    boxes = window_boxes(PROXY_HEIGHT, PROXY_WIDTH, PROXY_CROP, PROXY_STRIDE)
+    pixels = torch.randn(len(boxes), 3, PROXY_CROP, PROXY_CROP, device=device, dtype=torch.float32)
+
+    def floor() -> None:
+        with torch.inference_mode():
+            for start in range(0, len(boxes), BATCH):
+                crops = pixels[start : start + BATCH]
+                floor_model(pixel_values=crops.to(dtype), interpolate_pos_encoding=True)
+                proxy_features(model.proxy_model, crops)
+
+    def run() -> None:
+        pipe(photo, candidate_labels=VOC21, short_side=PROXY_HEIGHT, crop_size=PROXY_CROP, stride=PROXY_STRIDE,
+             batch_size=BATCH)  # fmt: skip
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {"floor": median_time(floor, device, repeats), "pipeline": median_time(run, device, repeats)}
+    result["peak_mb"] = peak_memory_mb(device)
+    result["crops"] = len(boxes)
+    return result
 
 
 def main() -> None:
@@ -118,6 +171,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--feature-upsampler", action="store_true", help="time SimFeatUp's extra cost per crop")
+    parser.add_argument("--proxy", choices=["dino", "dinov2", "sam"], default=None, help="time a ProxyCLIP preset")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -133,13 +187,27 @@ def main() -> None:
     )
     print()
     if args.feature_upsampler:
-        print("| dtype | segearth without SimFeatUp (s) | with (s) | crops | extra per crop (s) | with / without |")
-        print("| --- | --- | --- | --- | --- | --- |")
+        print("| dtype | segearth without SimFeatUp (s) | with (s) | crops | SimFeatUp per crop (s) "
+              "| ViT forward per crop (s) | SimFeatUp / ViT |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- | --- | --- |")
         for dtype_name in dtypes:
             r = bench_upsampler(getattr(torch, dtype_name), device, args.repeats)
             print(
-                f"| {dtype_name} | {r['without']:.3f} | {r['with']:.3f} | {r['crops']} | {r['per_crop']:.3f} "
-                f"| {r['with'] / r['without']:.2f} |",
+                f"| {dtype_name} | {r['without']:.3f} | {r['with']:.3f} | {r['crops']} | {r['per_crop']:.4f} "
+                f"| {r['vit']:.4f} | {r['per_crop'] / r['vit']:.2f} |",
+                flush=True,
+            )
+        return
+    if args.proxy:
+        print(f"ProxyCLIP with a random {args.proxy} proxy: {PROXY_HEIGHT}x{PROXY_WIDTH} image, crop {PROXY_CROP}/"
+              f"stride {PROXY_STRIDE}")  # fmt: skip
+        print("| dtype | floor: CLIP + proxy (s) | proxyclip (s) | crops | proxyclip / floor | images/s | peak MB |")
+        print("| --- | --- | --- | --- | --- | --- | --- |")
+        for dtype_name in dtypes:
+            r = bench_proxy(args.proxy, getattr(torch, dtype_name), device, args.repeats)
+            print(
+                f"| {dtype_name} | {r['floor']:.3f} | {r['pipeline']:.3f} | {r['crops']} "
+                f"| {r['pipeline'] / r['floor']:.3f} | {1 / r['pipeline']:.2f} | {r['peak_mb']:.0f} |",
                 flush=True,
             )
         return

@@ -55,23 +55,33 @@ def gradio_module() -> Any:
 
 
 @functools.cache
+@functools.cache
 def image_input_class() -> type:
     """``gr.Image`` whose upload is passed to the request function as a file path even when Gradio cannot decode it
     (a text file named ``x.jpg``): Gradio's own decoding would fail before the request function runs and the page
     would show a bare "Error"; this way the request function explains the problem. Its frontend is gr.Image's."""
     gr = gradio_module()
+    import gradio.component_meta as component_meta
 
-    class ImageInput(gr.Image):
-        is_template = True  # render with gr.Image's frontend
+    # Gradio's component metaclass writes a type stub (``demo.pyi``) beside the source file of every component
+    # class; the installed package is no place for it, so that step is skipped while this class is made.
+    write_stub = component_meta.create_or_modify_pyi
+    component_meta.create_or_modify_pyi = lambda *args, **kwargs: None
+    try:
 
-        def preprocess(self, payload: Any) -> Any:
-            try:
-                return super().preprocess(payload)
-            except Exception:  # PIL's UnidentifiedImageError and friends: the request function reports it
-                if payload is None or getattr(payload, "path", None) is None:
-                    raise
-                return str(payload.path)
+        class ImageInput(gr.Image):
+            is_template = True  # render with gr.Image's frontend
 
+            def preprocess(self, payload: Any) -> Any:
+                try:
+                    return super().preprocess(payload)
+                except Exception:  # PIL's UnidentifiedImageError and friends: the request function reports it
+                    if payload is None or getattr(payload, "path", None) is None:
+                        raise
+                    return str(payload.path)
+
+    finally:
+        component_meta.create_or_modify_pyi = write_stub
     return ImageInput
 
 

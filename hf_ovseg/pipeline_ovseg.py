@@ -85,6 +85,12 @@ def auto_batch_size(model: Any, crop_size: int | None) -> int:
     return batch
 
 
+def kernels_depend_on_shapes(device: torch.device) -> bool:
+    """Whether the kernels run on ``device`` depend on the batch's shape (a GPU's: cuBLAS picks them by shape),
+    so that fixed-shape batches are needed for results independent of the batch."""
+    return device.type != "cpu"
+
+
 def check_call_arguments(kwargs: dict[str, Any], names: dict[str, str] | None = None) -> None:
     """Raise ``ValueError`` naming the first bad protocol argument, before any work is done. ``names`` maps the
     arguments to what the user typed (the CLI's flags: ``{"crop_size": "--crop-size", ...}``)."""
@@ -224,12 +230,13 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
 
     def prepare(self, candidate_labels: Any, **kwargs: Any) -> tuple[dict[str, Any], CallSettings]:
         """Resolve call arguments once for many images (what ``__call__`` does per image): the resize
-        arguments of ``preprocess`` and the [`CallSettings`] of ``call_settings``."""
+        arguments of ``preprocess`` and the [`CallSettings`] of ``call_settings``, with fixed-shape batches on a
+        GPU, so that an image's result does not depend on which images share its batch."""
         if "batch_size" in kwargs:
             kwargs["crop_batch_size"] = kwargs.pop("batch_size")
         preprocess, forward, _ = self._sanitize_parameters(labels=self.label_set(candidate_labels), **kwargs)
         short_side, long_side = self.processor.image_processor.resolve_sides(**preprocess)
-        return {"short_side": short_side, "long_side": long_side}, self.call_settings(**forward)
+        return {"short_side": short_side, "long_side": long_side}, self.call_settings(**forward, fixed_batches=True)
 
     def preprocess(self, image: Any, **sides: int | None) -> dict[str, Any]:
         """Load (EXIF-rotated) and resize as the anchors do; ``short_side``/``long_side`` default to the image
@@ -262,20 +269,26 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         return_probabilities: bool = False,
         normalize_probabilities: bool = False,
         settings: Any = None,
+        fixed_batches: bool = False,
     ) -> CallSettings:
         """Everything one call needs besides the image: the text embeddings (cached), the forward of a crop
-        batch with this call's method settings, and the protocol values."""
+        batch with this call's method settings, and the protocol values. With ``fixed_batches``, every crop batch
+        on a GPU is padded to ``crop_batch_size`` (see ``forward``)."""
         model = self.model
         model.check_components(settings or model.config)  # a missing SimFeatUp or proxy fails before any work
         if crop_batch_size == "auto":
             crop_batch_size = auto_batch_size(model, crop_size)
+        if fixed_batches and crop_size is None:
+            crop_batch_size = 1  # whole images differ in shape: padding one to a full batch would waste the rest
         text = self.processor.text_embeddings(model, labels, templates)
 
         def forward(crops: torch.Tensor) -> torch.Tensor:
-            # On a GPU every batch is padded to its full size: the matrix kernels cuBLAS picks depend on the shapes,
-            # so a crop's logits would depend on how many crops share its batch. (On a CPU they depend on how torch
-            # splits each kernel between threads instead, which padding does not change.)
-            pad_to = crop_batch_size if crops.is_cuda else None
+            # Many images sharing batches (folders, evaluation): on a GPU every batch is padded to its full size, as
+            # the matrix kernels cuBLAS picks depend on the shapes, so a crop's logits would depend on how many
+            # crops share its batch. (On a CPU they depend on how torch splits each kernel between threads instead,
+            # which padding does not change.) A single call is not padded: its crops share a batch only with
+            # themselves, and padding 6 crops to 64 would cost 10 times the work.
+            pad_to = crop_batch_size if fixed_batches and kernels_depend_on_shapes(crops.device) else None
             return model(crops, text_embeds=text, settings=settings, pad_to=pad_to).logits
 
         names = list(labels.labels)

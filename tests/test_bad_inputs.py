@@ -56,7 +56,7 @@ def test_stride_larger_than_crop_is_rejected_before_the_model(photo, tmp_path, c
     out = tmp_path / "out"
     args = ["segment", photo, "--labels", "a,b", "--model", MISSING_MODEL, "--out", out]
     code, _, err = run(capsys, *args, "--crop-size", "32", "--stride", "48")
-    assert code == 2 and "stride 48 is larger than crop_size 32" in one_line_error(err)
+    assert code == 2 and "--stride 48 is larger than --crop-size 32" in one_line_error(err)
     assert not out.exists()
     with pytest.raises(ValueError, match="stride 300 is larger than crop_size 224"):
         tiny_pipeline()(np.zeros((40, 40, 3), np.uint8), candidate_labels=["a"], stride=300)
@@ -416,3 +416,13 @@ def test_readme_install_and_test_commands_are_the_ones_ci_runs():
     readme, ci = (root / "README.md").read_text(), (root / ".ci" / "run").read_text()
     assert "pip install -e ." in readme and "pip install hf_ovseg " not in readme
     assert "python -m pytest -q" in readme and "python -m pytest -q" in ci
+
+    def apt_packages(text: str) -> set[str]:
+        (line,) = [line for line in text.splitlines() if "apt-get install" in line]
+        words = line.split("apt-get install", 1)[1].split("#")[0].split(">")[0].split()
+        return {word for word in words if not word.startswith("-")}
+
+    # the system packages the tests need (Chromium, fonts for the legend tests) are the ones CI installs
+    assert apt_packages(readme) == apt_packages(ci) and "fonts-droid-fallback" in apt_packages(ci)
+    assert "git clone" in readme.split("## Install", 1)[1].split("##", 1)[0]
+    assert "download.pytorch.org/whl/cpu" in readme

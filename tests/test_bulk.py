@@ -136,6 +136,39 @@ def test_crop_logits_do_not_depend_on_the_batch(one_thread):
     assert torch.equal(alone, together) and torch.equal(together, padded) and torch.equal(together[:2], shifted[2:])
 
 
+def test_fixed_shape_batches_only_where_images_share_batches(monkeypatch, fixtures):
+    """On a device whose kernels depend on the batch's shape, many-image runs (``prepare``: folders, evaluation)
+    pad every batch to its full size; a single call is not padded (its crops share a batch only with themselves),
+    and whole-image windows run one image per batch (padding one to a full batch would waste the rest)."""
+    import hf_ovseg.pipeline_ovseg as pipeline_module
+
+    monkeypatch.setattr(pipeline_module, "kernels_depend_on_shapes", lambda device: True)  # as on a GPU
+    pipe = tiny_pipeline()
+    seen = []
+    forward = pipe.model.forward
+
+    def recording(pixel_values, **kwargs):
+        seen.append((pixel_values.shape[0], kwargs.get("pad_to")))
+        return forward(pixel_values, **kwargs)
+
+    monkeypatch.setattr(pipe.model, "forward", recording)
+    labels, photo = ["person", "sky"], str(fixtures / "voc" / "JPEGImages" / "2007_000033.jpg")
+    windows = {"short_side": 48, "crop_size": 32, "stride": 16, "batch_size": 4}  # 48x68: 2 x 4 windows
+    pipe(photo, candidate_labels=labels, **windows)
+    assert seen == [(4, None), (4, None)]
+    seen.clear()
+    pipe(photo, candidate_labels=labels, **{**windows, "stride": 32})  # 2 x 3 windows: a partial batch
+    assert seen == [(4, None), (2, None)]
+    seen.clear()
+    _, call = pipe.prepare(labels, **{**windows, "stride": 32})
+    list(call.run([(None, pipeline_module.Stitcher.windows(torch.zeros(1, 3, 48, 68), 32, 32))]))
+    assert seen == [(4, 4), (2, 4)] and call.batch_size == 4
+    seen.clear()
+    _, call = pipe.prepare(labels, short_side=48, crop_size=None, batch_size=4)
+    whole = [(i, pipeline_module.Stitcher.windows(torch.zeros(1, 3, 48, 64), None, None)) for i in range(3)]
+    assert call.batch_size == 1 and len(list(call.run(whole))) == 3 and seen == [(1, 1)] * 3
+
+
 def test_text_embeddings_persist_on_disk_and_heal(tmp_path, monkeypatch, caplog):
     calls = []
     original = OVSegModel.encode_text

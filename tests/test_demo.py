@@ -36,6 +36,18 @@ def pipe():
     return tiny_pipeline("seed", outlier_top_k=3)
 
 
+def test_building_the_demo_writes_nothing_into_the_package(pipe):
+    """Gradio writes a ``.pyi`` stub beside the source file of each component class it is given; the demo's
+    image input must not leave one in the installed package (it broke ``ruff check .`` in a checkout)."""
+    import hf_ovseg.demo as demo
+
+    stub = Path(demo.__file__).with_suffix(".pyi")
+    stub.unlink(missing_ok=True)
+    demo.image_input_class.__wrapped__()  # a new class, as the first demo of a process makes (it is cached)
+    build_demo(pipe)
+    assert not stub.exists()
+
+
 def test_request_function_outputs(pipe, fixtures):
     photo = fixtures / "voc" / "JPEGImages" / "2011_000025.jpg"
     out = segment_image(pipe, str(photo), "bus, car, road|street", "clearclip", 5, 1.0, 0.2, 0.0)

@@ -8,6 +8,7 @@ import json
 import os
 import shutil
 import subprocess
+import sys
 
 import evaluate
 import numpy as np
@@ -277,6 +278,21 @@ def test_runner_matches_manual_pipeline_and_metric(fixtures):
         )
         matrix += confusion_matrix(out["label_map"], item["mask"], 21)
     assert np.array_equal(np.array(result.confusion_matrix), matrix)
+
+
+def test_benchmark_without_datasets_installed(fixtures, monkeypatch):
+    """A machine without ``datasets`` (the bare GPU one) gets the same items from a plain lazy sequence, and
+    the runner gives the same confusion matrix on it."""
+    pipe = tiny_pipeline()
+    with_datasets = load_benchmark("voc21", fixtures / "voc", limit=2)
+    monkeypatch.setitem(sys.modules, "datasets", None)  # ``import datasets`` now raises ImportError
+    plain = load_benchmark("voc21", fixtures / "voc", limit=2)
+    assert type(plain.dataset).__name__ == "FileSamples" and len(plain) == 2
+    for a, b in zip(with_datasets, plain, strict=True):
+        assert a["id"] == b["id"] and np.array_equal(a["mask"], b["mask"])
+        assert np.array_equal(np.asarray(a["image"]), np.asarray(b["image"]))
+    results = [evaluate_methods(pipe, b, ["seed"], FAST, "tiny", progress=False)[0] for b in (with_datasets, plain)]
+    assert results[0].confusion_matrix == results[1].confusion_matrix
 
 
 def test_shards_sum_to_single_process(fixtures):

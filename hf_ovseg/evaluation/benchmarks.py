@@ -365,11 +365,31 @@ def read_mask(path: str | Path, spec: DatasetSpec) -> np.ndarray:
     return spec.lut[values]
 
 
+@dataclass
+class FileSamples:
+    """The lazy sample sequence used where ``datasets`` is not installed (e.g. a bare GPU machine): the same
+    ``{"id", "image", "mask"}`` items, read when accessed."""
+
+    spec: DatasetSpec
+    pairs: list[tuple[str, Path, Path]]
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        from ..image_processing_ovseg import load_image
+
+        sample, image, mask = self.pairs[index]
+        return {"id": sample, "image": load_image(str(image)), "mask": read_mask(mask, self.spec)}
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        return (self[i] for i in range(len(self)))
+
+
 def load_benchmark(name: str, data_root: str | Path, limit: int | None = None) -> BenchmarkDataset:
     """A benchmark: a [`BenchmarkDataset`] around a lazy ``datasets.Dataset`` of ``{"image", "mask", "id"}``
-    (``bench[0]``, ``len(bench)``, ``bench.dataset`` for the ``datasets`` API); see [`DatasetSpec`]."""
-    import datasets
-
+    (``bench[0]``, ``len(bench)``, ``bench.dataset`` for the ``datasets`` API); see [`DatasetSpec`]. Without
+    ``datasets`` installed, ``bench.dataset`` is a plain lazy [`FileSamples`] with the same items."""
     if name not in DATASETS:
         raise ValueError(f"unknown dataset {name!r}; choose one of {', '.join(DATASETS)}")
     if limit is not None and (isinstance(limit, bool) or not isinstance(limit, int) or limit < 1):
@@ -378,6 +398,10 @@ def load_benchmark(name: str, data_root: str | Path, limit: int | None = None) -
     pairs = sample_files(spec, data_root)
     if limit is not None:
         pairs = pairs[:limit]
+    try:
+        import datasets
+    except ImportError:
+        return BenchmarkDataset(spec, FileSamples(spec, pairs), Path(data_root))
     table = datasets.Dataset.from_dict(
         {"id": [i for i, _, _ in pairs], "image": [str(p) for _, p, _ in pairs], "mask": [str(p) for _, _, p in pairs]}
     )
