@@ -87,12 +87,9 @@ def _blocks(hf: dict, root: str) -> int:
     return len({k[len(root) :].split(".")[0] for k in hf if k.startswith(root)})
 
 
-def dino_state_dict(hf_model) -> dict[str, torch.Tensor]:
-    """A transformers ``ViTModel`` (facebook/dino-vit*) renamed to DINO's ``VisionTransformer`` keys
-    (vision_transformer.py:134-163). Accepts the 5.x layout (``layers.i.attention.q_proj``) and the older one
-    (``encoder.layer.i.attention.attention.query``, ``intermediate.dense``, ``output.dense``)."""
-    hf = _strip(_tensors(hf_model), "embeddings.cls_token")
-    sd = {
+def _vit_embeddings_and_norm(hf: dict) -> dict[str, torch.Tensor]:
+    """The keys DINO's and DINOv2's ``VisionTransformer`` share outside the blocks: tokens, patch embedding, norm."""
+    return {
         "cls_token": hf["embeddings.cls_token"],
         "pos_embed": hf["embeddings.position_embeddings"],
         "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
@@ -100,6 +97,14 @@ def dino_state_dict(hf_model) -> dict[str, torch.Tensor]:
         "norm.weight": hf["layernorm.weight"],
         "norm.bias": hf["layernorm.bias"],
     }
+
+
+def dino_state_dict(hf_model) -> dict[str, torch.Tensor]:
+    """A transformers ``ViTModel`` (facebook/dino-vit*) renamed to DINO's ``VisionTransformer`` keys
+    (vision_transformer.py:134-163). Accepts the 5.x layout (``layers.i.attention.q_proj``) and the older one
+    (``encoder.layer.i.attention.attention.query``, ``intermediate.dense``, ``output.dense``)."""
+    hf = _strip(_tensors(hf_model), "embeddings.cls_token")
+    sd = _vit_embeddings_and_norm(hf)
     root = "layers." if any(k.startswith("layers.") for k in hf) else "encoder.layer."
     for i in range(_blocks(hf, root)):
         s, t = f"{root}{i}", f"blocks.{i}"
@@ -121,14 +126,7 @@ def dinov2_state_dict(hf_model) -> dict[str, torch.Tensor]:
     layout (``attention.q_proj``/``o_proj``, SwiGLU ``gate_proj``/``up_proj``/``down_proj``) and 5.17's
     (``attention.attention.query``, ``attention.output.dense``, ``mlp.weights_in``/``weights_out``)."""
     hf = _strip(_tensors(hf_model), "embeddings.cls_token")
-    sd = {
-        "cls_token": hf["embeddings.cls_token"],
-        "pos_embed": hf["embeddings.position_embeddings"],
-        "patch_embed.proj.weight": hf["embeddings.patch_embeddings.projection.weight"],
-        "patch_embed.proj.bias": hf["embeddings.patch_embeddings.projection.bias"],
-        "norm.weight": hf["layernorm.weight"],
-        "norm.bias": hf["layernorm.bias"],
-    }
+    sd = _vit_embeddings_and_norm(hf)
     if "embeddings.mask_token" in hf:
         sd["mask_token"] = hf["embeddings.mask_token"]
     if "embeddings.register_tokens" in hf:
