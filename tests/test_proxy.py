@@ -339,3 +339,29 @@ def test_load_pipeline_attaches_a_proxy(tiny_folder, tmp_path):
     assert segments
     with pytest.raises(ValueError, match="cannot use .* as a proxy"):
         load_pipeline(str(tiny_folder), proxy=str(tmp_path / "missing"))
+
+
+def test_ablation_command_runs_seed_proxyclip_and_seed_proxy(tiny_folder, tmp_path, fixtures):
+    """The README's ablation: ``--protocol proxyclip --methods seed,proxyclip,seed_proxy`` on a folder with a DINO
+    proxy gives one result per method, each recording the components that ran (the proxy only where used), and
+    the two proxy methods differ from each other and from the seed."""
+    save_proxy("dino", tmp_path / "vfm")
+    folder = tmp_path / "with-proxy"
+    assert main(["convert", str(tiny_folder), str(folder), "--proxy", str(tmp_path / "vfm")]) == 0
+    out = tmp_path / "results.json"
+    args = ["evaluate", "--dataset", "voc21", "--data-root", str(fixtures / "voc"), "--model", str(folder),
+            "--protocol", "proxyclip", "--methods", "seed,proxyclip,seed_proxy", "--limit", "1",
+            "--short-side", "112", "--crop-size", "112", "--stride", "56", "--out", str(out)]  # fmt: skip
+    assert main(args) == 0
+    results = {r["method"]: r for r in json.loads(out.read_text())}
+    assert list(results) == ["seed", "proxyclip", "seed_proxy"]
+    assert results["seed"]["components"] == {"feature_upsampler": None, "proxy": None}  # what ran, not what exists
+    for method in ("proxyclip", "seed_proxy"):
+        assert results[method]["components"]["proxy"]["model_type"] == "vit"
+        assert results[method]["knobs"]["attention_mode"] == "proxy"
+    assert (
+        results["seed_proxy"]["knobs"]["outlier_suppression"]
+        and not results["proxyclip"]["knobs"]["outlier_suppression"]
+    )
+    matrices = [results[m]["confusion_matrix"] for m in results]
+    assert matrices[0] != matrices[1] and matrices[1] != matrices[2]
