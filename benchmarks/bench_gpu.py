@@ -57,7 +57,7 @@ from hf_ovseg.image_processing_ovseg import rescale_size
 from hf_ovseg.inference import window_boxes
 from hf_ovseg.labels import parse_labels
 
-from bench_speed import cpu_name, median_time
+from bench_speed import cpu_name, median_time, sync
 from random_vit import vit_b16_pipeline
 
 FIXTURES = Path(__file__).resolve().parents[1] / "tests" / "fixtures"
@@ -148,11 +148,6 @@ def evaluate_rates(pipe, floor: Floor, root: Path, batch: int, floor_batch: int,
         rates = f"{len(sizes) / seconds:.1f} | {len(sizes) / floor_seconds:.1f} | {floor_seconds / seconds:.0%}"
         rows.append(f"| {name} | {arguments['method']} | {sum(shapes.values()) / len(sizes):.1f} | {used} | {rates} |")
     return rows
-
-
-def sync(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize()
 
 
 def pipeline_rows(pipe, floor: Floor, repeats: int) -> list[str]:

@@ -182,6 +182,14 @@ def default_workers() -> int:
 FLAGS = {name: "--" + name.replace("_", "-") for name in OVERRIDE_FLAGS} | {"crop_batch_size": "--batch-size"}
 
 
+def check_flag_values(kwargs: dict[str, Any]) -> None:
+    """The pipeline call arguments given by flags (``protocol_kwargs``), checked before the model loads; an error
+    names the flag typed."""
+    from .pipeline_ovseg import check_call_arguments
+
+    check_call_arguments({("crop_batch_size" if k == "batch_size" else k): v for k, v in kwargs.items()}, FLAGS)
+
+
 def check_dtype_and_device(args: argparse.Namespace) -> None:
     """``--dtype`` and ``--device`` checked before the model loads; float16 on a CPU gets a warning."""
     dtype, device = resolve_dtype(args.dtype), resolve_device(args.device)
@@ -206,7 +214,6 @@ def segment(args: argparse.Namespace) -> int:
 
     from .api import load_pipeline
     from .bulk import check_inputs, check_output_dir, find_inputs, segment_jobs, write_summary
-    from .pipeline_ovseg import check_call_arguments
     from .text_cache import DiskTextCache
     from .visualize import label_map_format
 
@@ -214,7 +221,7 @@ def segment(args: argparse.Namespace) -> int:
     items = read_labels(args.labels, args.labels_file)
     check_dtype_and_device(args)
     kwargs = protocol_kwargs(args)
-    check_call_arguments({("crop_batch_size" if k == "batch_size" else k): v for k, v in kwargs.items()}, FLAGS)
+    check_flag_values(kwargs)
     threshold_label = int(kwargs.get("background_threshold", 0) > 0 or "background_label" in kwargs)
     label_map_format(len(items) + threshold_label)  # more labels than a 16-bit label map holds fails here
     bands = parse_bands(args.bands)
@@ -363,9 +370,7 @@ def evaluate_command(args: argparse.Namespace) -> int:
         check_output_file(Path(args.out))
     check_dtype_and_device(args)
     arguments = protocol_kwargs(args, base)
-    from .pipeline_ovseg import check_call_arguments
-
-    check_call_arguments({("crop_batch_size" if k == "batch_size" else k): v for k, v in arguments.items()}, FLAGS)
+    check_flag_values(arguments)
     bench = load_benchmark(args.dataset, args.data_root, args.limit)
     state = PartialState()
     device = process_device(args, state)

@@ -55,7 +55,6 @@ def gradio_module() -> Any:
 
 
 @functools.cache
-@functools.cache
 def image_input_class() -> type:
     """``gr.Image`` whose upload is passed to the request function as a file path even when Gradio cannot decode it
     (a text file named ``x.jpg``): Gradio's own decoding would fail before the request function runs and the page

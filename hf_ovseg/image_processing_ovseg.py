@@ -21,6 +21,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageOps, UnidentifiedImageError
 from transformers.image_processing_utils import BaseImageProcessor, BatchFeature
+from transformers.image_utils import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 from .errors import first_line
 
@@ -29,8 +30,8 @@ DEFAULT_LONG_SIDE = 2048
 #: hf_ovseg's default short side (the anchors use 336 or 448 depending on the dataset).
 DEFAULT_SHORT_SIDE = 448
 #: CLIP's normalisation (OpenAI CLIP ``clip/clip.py`` ``_transform``), the default of every CLIP checkpoint.
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
+CLIP_MEAN = tuple(OPENAI_CLIP_MEAN)
+CLIP_STD = tuple(OPENAI_CLIP_STD)
 
 
 # -- loading ----------------------------------------------------------------------------------------

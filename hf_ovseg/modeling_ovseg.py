@@ -534,7 +534,7 @@ class OVSegModel(CLIPModel):
             cfg.global_debias_normalize_cls,
         )  # fmt: skip
         grid_size = vision.grid_size
-        if upsample and self.uses_upsampler(cfg):
+        if upsample and cfg.feature_upsampling:
             patch_embeds, grid_size = self.upsample_features(patch_embeds, grid_size, pixel_values)
         return OVSegDenseFeatures(
             patch_embeds=patch_embeds,
@@ -569,11 +569,6 @@ class OVSegModel(CLIPModel):
                 f"method {settings.method!r} needs a {wanted} proxy but this model carries a "
                 f"{self.config.proxy_model_kind} one: embed the right one with {fix}"
             )
-
-    def uses_upsampler(self, settings: OVSegConfig) -> bool:
-        """Whether ``settings`` run SimFeatUp (``ValueError`` when they ask for it and this model has none)."""
-        self.check_components(settings)
-        return bool(settings.feature_upsampling)
 
     def components(self, settings: OVSegConfig | None = None) -> dict[str, Any]:
         """What besides CLIP a call with ``settings`` runs: ``{"feature_upsampler": "jbu_one" | None, "proxy":
@@ -636,9 +631,9 @@ class OVSegModel(CLIPModel):
 
     def check_upsampler_grid(self, grid_size: tuple[int, int]) -> None:
         """SimFeatUp's first step reflection-pads a 2x-grid guidance by its radius: smaller grids cannot run."""
-        radius = self.feature_upsampler.steps()[0].radius
-        if 2 * min(grid_size) <= radius:
-            side = radius // 2 + 1
+        side = self.feature_upsampler.min_grid()
+        if min(grid_size) < side:
+            radius = self.feature_upsampler.steps()[0].radius
             raise ValueError(
                 f"SimFeatUp ({self.config.feature_upsampler}) needs a patch grid of at least {side}x{side} per crop "
                 f"(its first step pads by {radius}), got {grid_size[0]}x{grid_size[1]}: use larger crops"
@@ -719,7 +714,7 @@ class OVSegModel(CLIPModel):
             )  # fmt: skip
         else:
             dense = self.get_dense_image_features(pixel_values, cfg, upsample=False)
-        if self.uses_upsampler(cfg):  # one crop at a time: a batch never holds its [B, H*W, P] per-pixel features
+        if cfg.feature_upsampling:  # one crop at a time: a batch never holds its [B, H*W, P] per-pixel features
             logits = torch.cat([self.upsampled_logits(dense, index, pixel_values, text_embeds, cfg) for index in
                                 range(pixel_values.shape[0])])  # fmt: skip
         else:

@@ -275,7 +275,8 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         batch with this call's method settings, and the protocol values. With ``fixed_batches``, every crop batch
         on a GPU is padded to ``crop_batch_size`` (see ``forward``)."""
         model = self.model
-        model.check_components(settings or model.config)  # a missing SimFeatUp or proxy fails before any work
+        cfg = settings or model.config
+        model.check_components(cfg)  # a missing SimFeatUp or proxy fails before any work
         if crop_batch_size == "auto":
             crop_batch_size = auto_batch_size(model, crop_size)
         if fixed_batches and crop_size is None:
@@ -302,8 +303,8 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             stride = max(1, crop_size // 2)
         multiple = model.window_multiple(settings)
         min_window = multiple if patch_padding == "none" else 1
-        if model.uses_upsampler(settings or model.config):
-            min_window = multiple * (model.feature_upsampler.steps()[0].radius // 2 + 1)
+        if cfg.feature_upsampling:
+            min_window = multiple * model.feature_upsampler.min_grid()
         return CallSettings(
             forward, labels, names, multiple, crop_size, stride, crop_batch_size, patch_padding, background_threshold,
             background_index, area_threshold, refine, return_probabilities, normalize_probabilities, min_window,

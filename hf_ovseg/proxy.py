@@ -47,17 +47,12 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
+from transformers.image_utils import IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD, OPENAI_CLIP_MEAN, OPENAI_CLIP_STD
 
 PROXY_KINDS = ("dino", "dinov2", "sam")
 
 #: transformers ``model_type`` -> proxy kind.
 MODEL_TYPE_KINDS = {"vit": "dino", "dinov2": "dinov2", "dinov2_with_registers": "dinov2", "sam_vision_model": "sam"}
-
-#: ProxyCLIP un-normalises with CLIP's constants and re-normalises with ImageNet's (proxyclip_segmentor.py:79-80).
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)
-CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-IMAGENET_MEAN = (0.485, 0.456, 0.406)
-IMAGENET_STD = (0.229, 0.224, 0.225)
 
 #: DINO's LayerNorm eps (facebookresearch/dino@7c446df:vision_transformer.py:250-254); transformers' ViTConfig
 #: defaults to 1e-12, which the Hub's DINO configs may carry.
@@ -135,10 +130,12 @@ def build_proxy_model(config: Any) -> nn.Module:
 
 
 def proxy_pixels(pixel_values: torch.Tensor) -> torch.Tensor:
-    """CLIP-normalised [B, 3, H, W] -> ImageNet-normalised, in float32 (proxyclip_segmentor.py:113-114)."""
-    mean, std = (torch.tensor(v, device=pixel_values.device).view(1, 3, 1, 1) for v in (CLIP_MEAN, CLIP_STD))
+    """CLIP-normalised [B, 3, H, W] -> ImageNet-normalised, in float32: un-normalised with CLIP's constants and
+    re-normalised with ImageNet's (proxyclip_segmentor.py:79-80, 113-114; transformers' copies of both)."""
+    mean, std = (torch.tensor(v, device=pixel_values.device).view(1, 3, 1, 1) for v in
+                 (OPENAI_CLIP_MEAN, OPENAI_CLIP_STD))  # fmt: skip
     net_mean, net_std = (torch.tensor(v, device=pixel_values.device).view(1, 3, 1, 1) for v in
-                         (IMAGENET_MEAN, IMAGENET_STD))  # fmt: skip
+                         (IMAGENET_DEFAULT_MEAN, IMAGENET_DEFAULT_STD))  # fmt: skip
     return (pixel_values.float() * std + mean - net_mean) / net_std
 
 

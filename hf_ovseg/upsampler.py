@@ -174,6 +174,11 @@ class JBUUpsampler(nn.Module):
     def steps(self) -> list[JBULearnedRange]:
         return [self.up] * 4 if self.shared else [getattr(self, f"up{index}") for index in range(1, 5)]
 
+    def min_grid(self) -> int:
+        """The smallest input grid side this upsampler runs: its first step reflection-pads the 2x grid by its
+        radius, which must be smaller than that grid's side."""
+        return self.steps()[0].radius // 2 + 1
+
     def kernels(self, guidance: torch.Tensor, grid_size: tuple[int, int]) -> list[torch.Tensor]:
         """Each step's per-pixel filters for a ``grid_size`` input: step s filters at ``2^s x grid_size`` with the
         guidance [B, 3, H, W] average-pooled to that size (upsamplers.py:290-301, 315-325)."""

@@ -28,20 +28,17 @@ def confusion_matrix(
     prediction: np.ndarray, reference: np.ndarray, num_labels: int, ignore_index: int = IGNORE_INDEX,
     reduce_labels: bool = False,
 ) -> np.ndarray:  # fmt: skip
-    """[n + 1, n + 1] int64 counts of (reference, prediction) pairs, out-of-range values in row/column ``n``.
-    ``reduce_labels``: mmseg's ``reduce_zero_label`` first (reference 0 -> ``ignore_index``, k -> k - 1)."""
+    """[n + 1, n + 1] int64 counts of (reference, prediction) pairs of numpy label maps, out-of-range values in
+    row/column ``n`` (counted by [`add_confusion`]). ``reduce_labels``: mmseg's ``reduce_zero_label`` first
+    (reference 0 -> ``ignore_index``, k -> k - 1)."""
     prediction, reference = np.asarray(prediction), np.asarray(reference).astype(np.int64)
     if prediction.shape != reference.shape:
         raise ValueError(f"prediction {prediction.shape} and reference {reference.shape} differ in shape")
     if reduce_labels:
         reference = np.where(reference == 0, ignore_index, reference - 1)
         reference = np.where(reference == ignore_index - 1, ignore_index, reference)
-    kept = reference != ignore_index
-    reference, predicted = reference[kept], prediction[kept].astype(np.int64)
-    reference = np.where((reference >= 0) & (reference < num_labels), reference, num_labels)
-    predicted = np.where((predicted >= 0) & (predicted < num_labels), predicted, num_labels)
-    size = num_labels + 1
-    return np.bincount(reference * size + predicted, minlength=size * size).reshape(size, size)
+    predicted = torch.from_numpy(prediction.astype(np.int64))
+    return confusion_matrix_torch(predicted, torch.from_numpy(reference), num_labels, ignore_index).numpy()
 
 
 def add_confusion(
