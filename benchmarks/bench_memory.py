@@ -5,7 +5,8 @@
    per-class masks at full resolution, not by the image area times the number of classes.
    ``--feature-upsampler`` runs ``segearth`` with SimFeatUp (``jbu_one``, random weights), which upsamples
    every crop's features to [512, 224, 224]; ``--proxy dino|dinov2|sam`` runs the ProxyCLIP preset with a
-   ViT-B-sized random proxy (ProxyCLIP's 336 windows).
+   ViT-B-sized random proxy (ProxyCLIP's 336 windows); ``--trident`` the trident preset with DINO ViT-B/16 and
+   SAM ViT-B (Trident's VOC setting: short side 448, windows 336/224, SAM refinement on).
 2. ``--raster``: a ``--width`` x ``--height`` RGB GeoTIFF (20000 x 20000 by default, written by blocks) through
    ``hf-ovseg segment`` in a child process: read and written by windows, tiles at native resolution
    (``--short-side none``), or resized. The child's peak resident memory is measured by the kernel.
@@ -13,6 +14,7 @@
     python benchmarks/bench_memory.py                                   # ViT-B/16 random weights, 21 labels
     python benchmarks/bench_memory.py --feature-upsampler
     python benchmarks/bench_memory.py --proxy dino
+    python benchmarks/bench_memory.py --trident
     python benchmarks/bench_memory.py --raster --short-side none --stride 224   # needs the geo extra
 """
 
@@ -54,8 +56,11 @@ def photo_memory(args: argparse.Namespace) -> None:
     from random_vit import PROXY_METHODS
 
     method = "segearth" if args.feature_upsampler else PROXY_METHODS.get(args.proxy, "seed")
-    pipe = vit_b16_pipeline(method, feature_upsampler="jbu_one" if args.feature_upsampler else None, proxy=args.proxy)
-    call = {"short_side": 336, "crop_size": 336, "stride": 112} if args.proxy else {}
+    proxy, call = args.proxy, {"short_side": 336, "crop_size": 336, "stride": 112} if args.proxy else {}
+    if args.trident:
+        method, proxy, call = "trident", "dino16", {"short_side": 448, "crop_size": 336, "stride": 224}
+    pipe = vit_b16_pipeline(method, feature_upsampler="jbu_one" if args.feature_upsampler else None, proxy=proxy,
+                            sam=args.trident)  # fmt: skip
     labels = [f"class {i}" for i in range(args.labels)]
     pipe(np.zeros((64, 64, 3), np.uint8), candidate_labels=labels, **call)  # text cached, allocator warm
     # A smooth synthetic photo (gradients), so that classes can appear in large regions.
@@ -70,7 +75,8 @@ def photo_memory(args: argparse.Namespace) -> None:
     segments = pipe(photo, candidate_labels=labels, **call)
     seconds = time.perf_counter() - start
     peak = peak_rss_mb()
-    upsampler = ", SimFeatUp jbu_one on" if args.feature_upsampler else f", {args.proxy} proxy" if args.proxy else ""
+    upsampler = ", SimFeatUp jbu_one on" if args.feature_upsampler else f", {proxy} proxy" if proxy else ""
+    upsampler += ", SAM ViT-B" if args.trident else ""
     print(f"image {args.width}x{args.height}, {args.labels} labels, method {method}{upsampler}, "
           f"{len(segments)} segments, {seconds:.1f} s")  # fmt: skip
     print(f"resident before the call: {before:.0f} MB (model, photo); peak during the call: {peak:.0f} MB")
@@ -141,6 +147,7 @@ def main() -> None:
     parser.add_argument("--labels", type=int, default=21)
     parser.add_argument("--feature-upsampler", action="store_true", help="segearth with SimFeatUp (photo mode)")
     parser.add_argument("--proxy", choices=["dino", "dinov2", "sam"], default=None, help="ProxyCLIP (photo mode)")
+    parser.add_argument("--trident", action="store_true", help="trident with DINO and SAM (photo mode)")
     parser.add_argument("--short-side", default="none", help="raster mode: 'none' (native) or pixels")
     parser.add_argument("--stride", type=int, default=112, help="raster mode: window stride (crop 224)")
     parser.add_argument("--limit-mb", type=float, default=3072)

@@ -22,7 +22,13 @@ the plain CLIP forward plus the proxy's plain forward (``ViTModel``, ``Dinov2Wit
     python benchmarks/bench_speed.py                       # fp32 and bf16 on CPU (fp16 on CUDA if present)
     python benchmarks/bench_speed.py --device cuda --dtypes float16
     python benchmarks/bench_speed.py --feature-upsampler --dtypes float32
+With ``--trident`` it times the trident preset (DINO ViT-B/16 and SAM ViT-B, random weights) with Trident's VOC
+setting (short side 448, crop 336, stride 224: a 448x672 image gives 6 windows) with and without its SAM
+refinement, against its floor: the plain CLIP and DINO forwards over the same windows plus one SAM ViT-B encoder
+forward at 1024x1024.
+
     python benchmarks/bench_speed.py --proxy dino --dtypes float32
+    python benchmarks/bench_speed.py --trident --dtypes float32
 """
 
 from __future__ import annotations
@@ -162,6 +168,44 @@ def bench_proxy(kind: str, dtype: torch.dtype, device: torch.device, repeats: in
     return result
 
 
+TRIDENT_HEIGHT, TRIDENT_WIDTH, TRIDENT_CROP, TRIDENT_STRIDE = 448, 672, 336, 224
+
+
+def bench_trident(dtype: torch.dtype, device: torch.device, repeats: int) -> dict[str, float]:
+    from hf_ovseg.proxy import proxy_features
+
+    pipe = vit_b16_pipeline("trident", device, dtype, proxy="dino16", sam=True)
+    model = pipe.model
+    floor_model = CLIPVisionModel(model.config.vision_config).to(device=device, dtype=dtype).eval()
+    floor_model.load_state_dict(model.vision_model.state_dict())
+    photo = Image.fromarray(np.random.default_rng(0).integers(0, 255, (TRIDENT_HEIGHT, TRIDENT_WIDTH, 3), np.uint8))
+    boxes = window_boxes(TRIDENT_HEIGHT, TRIDENT_WIDTH, TRIDENT_CROP, TRIDENT_STRIDE)
+    windows = torch.randn(len(boxes), 3, TRIDENT_CROP, TRIDENT_CROP, device=device)
+    size = model.config.sam_config.vision_config.image_size
+    sam_pixels = torch.randn(1, 3, size, size, device=device, dtype=dtype)
+
+    def floor() -> None:
+        with torch.inference_mode():  # Trident runs all windows of an image as one batch
+            floor_model(pixel_values=windows.to(dtype), interpolate_pos_encoding=True)
+            proxy_features(model.proxy_model, windows)
+            model.sam_model.vision_encoder(pixel_values=sam_pixels)
+
+    def run(refinement: bool) -> None:
+        pipe(photo, candidate_labels=VOC21, short_side=TRIDENT_HEIGHT, crop_size=TRIDENT_CROP, stride=TRIDENT_STRIDE,
+             sam_refinement=refinement)  # fmt: skip
+
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+    result = {
+        "floor": median_time(floor, device, repeats),
+        "coarse": median_time(lambda: run(False), device, repeats),
+        "pipeline": median_time(lambda: run(True), device, repeats),
+    }
+    result["peak_mb"] = peak_memory_mb(device)
+    result["crops"] = len(boxes)
+    return result
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
@@ -172,6 +216,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
     parser.add_argument("--feature-upsampler", action="store_true", help="time SimFeatUp's extra cost per crop")
     parser.add_argument("--proxy", choices=["dino", "dinov2", "sam"], default=None, help="time a ProxyCLIP preset")
+    parser.add_argument("--trident", action="store_true", help="time the trident preset (DINO + SAM)")
     args = parser.parse_args()
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -195,6 +240,20 @@ def main() -> None:
             print(
                 f"| {dtype_name} | {r['without']:.3f} | {r['with']:.3f} | {r['crops']} | {r['per_crop']:.4f} "
                 f"| {r['vit']:.4f} | {r['per_crop'] / r['vit']:.2f} |",
+                flush=True,
+            )
+        return
+    if args.trident:
+        print(f"Trident with random DINO ViT-B/16 and SAM ViT-B: {TRIDENT_HEIGHT}x{TRIDENT_WIDTH} image, crop "
+              f"{TRIDENT_CROP}/stride {TRIDENT_STRIDE}")  # fmt: skip
+        print("| dtype | floor: CLIP + DINO + SAM encoder (s) | trident, no refinement (s) | trident (s) | windows "
+              "| no refinement / floor | trident / floor | peak MB |")  # fmt: skip
+        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
+        for dtype_name in dtypes:
+            r = bench_trident(getattr(torch, dtype_name), device, args.repeats)
+            print(
+                f"| {dtype_name} | {r['floor']:.3f} | {r['coarse']:.3f} | {r['pipeline']:.3f} | {r['crops']} "
+                f"| {r['coarse'] / r['floor']:.3f} | {r['pipeline'] / r['floor']:.3f} | {r['peak_mb']:.0f} |",
                 flush=True,
             )
         return

@@ -161,11 +161,13 @@ def load_model_and_processor(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     proxy: str | None = None,
+    sam: str | None = None,
     **knobs: Any,
 ) -> tuple[OVSegModel, OVSegProcessor]:
     """Load an [`OVSegModel`] and its processor from an OVSeg folder, an HF CLIP folder or a Hub repo id.
     A folder without an image-processor config gets CLIP's normalisation. ``proxy``: a transformers folder or Hub
-    id of a proxy vision model (DINO, DINOv2, SAM) to attach, as ``hf-ovseg convert --proxy`` embeds one."""
+    id of a proxy vision model (DINO, DINOv2, SAM) to attach, as ``hf-ovseg convert --proxy`` embeds one; ``sam``:
+    one of a whole ``SamModel`` (Trident's), as ``--sam`` embeds it."""
     torch_dtype, torch_device = resolve_dtype(dtype), resolve_device(device)
     if os.path.exists(model) and not os.path.isdir(model):
         raise ValueError(
@@ -196,6 +198,10 @@ def load_model_and_processor(
         from .convert import embed_proxy, read_proxy
 
         embed_proxy(ovseg, *read_proxy(proxy, **hub_options(proxy)))
+    if sam is not None:
+        from .convert import embed_sam, read_sam
+
+        embed_sam(ovseg, *read_sam(sam, **hub_options(sam)))
     return ovseg.to(torch_device).eval(), processor
 
 
@@ -205,9 +211,10 @@ def load_pipeline(
     dtype: str | torch.dtype | None = None,
     device: str | torch.device | None = None,
     proxy: str | None = None,
+    sam: str | None = None,
     **knobs: Any,
 ) -> ZeroShotImageSegmentationPipeline:
     """A ready ``zero-shot-image-segmentation`` pipeline; see [`load_model_and_processor`]
     (``load_pipeline("openai/clip-vit-base-patch16", method="proxyclip", proxy="facebook/dino-vitb8")``)."""
-    ovseg, processor = load_model_and_processor(model, method, dtype, device, proxy, **knobs)
+    ovseg, processor = load_model_and_processor(model, method, dtype, device, proxy, sam, **knobs)
     return ZeroShotImageSegmentationPipeline(model=ovseg, processor=processor, task=TASK, device=ovseg.device)

@@ -34,7 +34,6 @@ import torch
 
 from .errors import first_line
 from .image_processing_ovseg import load_image, open_image_file, resized_pixels
-from .inference import Stitcher
 
 logger = logging.getLogger(__name__)
 
@@ -286,7 +285,7 @@ def segment_jobs(
                 done.append((index, job, {"index": index, "input": job.source, "error": first_line(failure)}))
                 continue
             image = pipe.processor.image_processor.normalize_pixels(pixels.to(device, non_blocking=True))
-            yield (index, job, photo, image), Stitcher.windows(image, call.crop_size, call.stride)
+            yield (index, job, photo, image), call.work(image, photo)
 
     def finished(limit: int) -> Iterator[dict[str, Any]]:
         """The records of the oldest jobs until at most ``limit`` outputs are still being written."""

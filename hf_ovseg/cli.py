@@ -284,6 +284,7 @@ def convert_command(args: argparse.Namespace) -> int:
         feature_upsampler=args.feature_upsampler,
         trust_pickle=args.trust_pickle,
         proxy=args.proxy,
+        sam=args.sam,
     )
     print(f"wrote {out} ({', '.join(sorted(p.name for p in out.iterdir()))})")
     config = json.loads((out / "config.json").read_text())
@@ -295,7 +296,11 @@ def convert_command(args: argparse.Namespace) -> int:
         names, count = saved_tensors(out, "proxy_model.")
         kind = config["proxy_config"]["model_type"]
         print(f"embedded the proxy {args.proxy} ({kind}: {names} tensors, {count:,d} values); its methods: "
-              "proxyclip (dino), proxyclip_dinov2, proxyclip_sam, seed_proxy")  # fmt: skip
+              "proxyclip (dino), proxyclip_dinov2, proxyclip_sam, seed_proxy, trident (dino)")  # fmt: skip
+    if args.sam:
+        names, count = saved_tensors(out, "sam_model.")
+        print(f"embedded SAM {args.sam} ({names} tensors, {count:,d} values); its method: trident (with a DINO "
+              "proxy)")  # fmt: skip
     print(f'check it:  hf-ovseg segment photo.jpg --labels "road,tree,sky" --model {out}')
     return 0
 
@@ -540,6 +545,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=None,
         help="a proxy vision model to embed (HF folder or Hub id): DINO (facebook/dino-vitb8), DINOv2 "
         "(facebook/dinov2-with-registers-base) or SAM (facebook/sam-vit-base), for the proxyclip presets",
+    )
+    conv.add_argument(
+        "--sam",
+        default=None,
+        help="a whole SAM to embed (HF folder or Hub id of a SamModel, e.g. facebook/sam-vit-base), for the "
+        "trident preset (with --proxy facebook/dino-vitb16)",
     )
     conv.set_defaults(run=convert_command)
 

@@ -33,6 +33,8 @@ _MODULES_OFF = {
     "proxy_kind": None,
     "proxy_square_grid": False,
     "window_multiple": None,
+    "sam_refinement": False,
+    "sam_split_halves": False,
 }
 
 #: ProxyCLIP (mc-lan/ProxyCLIP@e7b767f): the last block is the proxy attention over the proxy's feature map
@@ -69,6 +71,11 @@ _PROXYCLIP = {
 #:   its base config names (``vfm_model='dino'`` = torch.hub ``dino_vitb8``, configs/base_config.py:6,
 #:   proxyclip_segmentor.py:53) or its DINOv2 (``dinov2_vitb14_reg``, 57) and SAM (``vit_b``, 46) variants; the
 #:   model must carry that proxy (``hf-ovseg convert --proxy``).
+#: - ``trident``: Trident, YuHengsss/Trident@a93b346 (configs/base_config.py:5-22 over trident.py:29-33): the
+#:   ProxyCLIP attention on DINO ViT-B/16 (trident.py:48) over all windows at once, the windows spliced onto
+#:   SAM ViT-B's grid and aggregated there by SAM's last-block attention (open_clip/transformer.py:502-659), then
+#:   SAM refinement of the label map (seg_utils/utils.py:92-197; on in every official run, dist_test.sh:3). The
+#:   model must carry a DINO proxy and SAM (``hf-ovseg convert --proxy ... --sam ...``); see ``trident.py``.
 #: - ``seed_proxy``: ours, not a published method: the proxy attention in place of the gated attention, with the
 #:   seed's modules 1 and 3 (module 1 on CLIP's grid before the proxy aggregation, see ``OVSegVisionModel``).
 #:
@@ -112,6 +119,13 @@ METHOD_PRESETS: dict[str, dict[str, Any]] = {
     "proxyclip": {**_PROXYCLIP, "proxy_kind": "dino"},
     "proxyclip_dinov2": {**_PROXYCLIP, "proxy_kind": "dinov2"},
     "proxyclip_sam": {**_PROXYCLIP, "proxy_kind": "sam"},
+    "trident": {
+        **_MODULES_OFF,
+        "attention_mode": "trident",
+        "proxy_kind": "dino",
+        "dense_logit_scale": 40.0,
+        "sam_refinement": True,
+    },
     "seed_proxy": {
         **_MODULES_OFF,
         "attention_mode": "proxy",
@@ -137,6 +151,12 @@ KNOB_DEFAULTS: dict[str, Any] = {
     "dense_logit_scale": 50.0,
     "proxy_beta": 1.2,
     "proxy_gamma": 3.0,
+    "sam_cosine_factor": 1.2,
+    "sam_refine_negative_cosine": True,
+    "sam_iou_threshold": 0.8,
+    "sam_coarse_threshold": 0.2,
+    "sam_minimal_area": 225,
+    "sam_mask_coefficient": 0.005,
 }
 
 #: Every knob a ``method=`` preset or a per-call override may set.
@@ -211,11 +231,25 @@ class OVSegConfig(CLIPConfig):
         as square, as ProxyCLIP's code does (see ``proxy.py``); equal to the true grids on square windows.
     window_multiple (`int`, optional): pad each window to a multiple of this (ProxyCLIP: 56); None = CLIP's patch
         size, or its least common multiple with the proxy's patch size when a proxy runs.
+    sam_cosine_factor (`float`, 1.2): Trident's ``cos_fac``: a SAM attention weight is kept where the cosine of
+        SAM's value vectors exceeds ``min(cos_fac * mean cosine, 0.9)`` (``attention_mode="trident"``).
+    sam_refine_negative_cosine (`bool`, True): Trident's ``refine_neg_cos``; False replaces negative thresholds
+        by 0.6 (its Cityscapes and ADE20K configs).
+    sam_split_halves (`bool`, False): run SAM on the left and right halves of the image separately, as Trident
+        does for Cityscapes (trident.py:141-152, its ``dataset_type`` key).
+    sam_refinement (`bool`, False; True for trident): refine the label map with SAM's prompt encoder and mask
+        decoder, prompted by the connected regions of each class (``seg_utils/utils.py:92-197``).
+    sam_iou_threshold (`float`, 0.8), sam_coarse_threshold (`float`, 0.2), sam_minimal_area (`int`, 225),
+    sam_mask_coefficient (`float`, 0.005): the refinement's ``sam_iou_thresh`` (a region is kept when SAM's IoU
+        prediction exceeds it), ``coarse_thresh`` (pixels below it belong to no region), ``minimal_area`` (in
+        half-resolution pixels) and ``sam_mask_coff`` (the scale of the probability map given as mask prompt).
     feature_upsampler (`str`, optional): architecture of the model's SimFeatUp weights (``"jbu_one"`` or
         ``"jbu_stack"``), None when the model has none. Not a method knob: it says which weights exist.
     proxy_config (`dict` or `PreTrainedConfig`, optional): the configuration of the model's proxy vision model
         (a transformers ``ViTConfig`` for DINO, ``Dinov2Config``, ``Dinov2WithRegistersConfig`` or
         ``SamVisionConfig``), None when the model has none. Not a method knob: it says which weights exist.
+    sam_config (`dict` or `SamConfig`, optional): the configuration of the model's SAM (a whole ``SamModel``:
+        image encoder, prompt encoder and mask decoder, for ``attention_mode="trident"``), None when it has none.
     """
 
     model_type = "ovseg"
@@ -249,8 +283,17 @@ class OVSegConfig(CLIPConfig):
     proxy_kind: str | None = None
     proxy_square_grid: bool | None = None
     window_multiple: int | None = None
+    sam_cosine_factor: float | None = None
+    sam_refine_negative_cosine: bool | None = None
+    sam_split_halves: bool | None = None
+    sam_refinement: bool | None = None
+    sam_iou_threshold: float | None = None
+    sam_coarse_threshold: float | None = None
+    sam_minimal_area: int | None = None
+    sam_mask_coefficient: float | None = None
     feature_upsampler: str | None = None
     proxy_config: dict | PreTrainedConfig | None = None
+    sam_config: dict | PreTrainedConfig | None = None
 
     def __post_init__(self, **kwargs: Any) -> None:
         kwargs.pop("model_type", None)  # a plain CLIP config.json says "clip"; this class is "ovseg"
@@ -260,6 +303,11 @@ class OVSegConfig(CLIPConfig):
             self.proxy_config = AutoConfig.for_model(values.pop("model_type"), **values)
         if self.proxy_config is not None:
             proxy_kind_of(self.proxy_config)  # a model type that is no supported proxy fails here
+        if isinstance(self.sam_config, dict):
+            values = {k: v for k, v in self.sam_config.items() if k != "transformers_version"}
+            self.sam_config = AutoConfig.for_model(values.pop("model_type", "sam"), **values)
+        if self.sam_config is not None and self.sam_config.model_type != "sam":
+            raise ValueError(f"sam_config must be a SamConfig (model_type 'sam'), got {self.sam_config.model_type!r}")
         self._fill_from_preset()
         self.check_method_knobs()
 
@@ -342,15 +390,27 @@ class OVSegConfig(CLIPConfig):
             raise ValueError(
                 f"similarity_enhancement=True needs attention_mode='gated' (module 2); got attention_mode={mode!r}"
             )
-        if mode in ("sfp", "proxy") and (knobs["last_block_residual"] or knobs["last_block_mlp"]):
+        if mode in ("sfp", "proxy", "trident") and (knobs["last_block_residual"] or knobs["last_block_mlp"]):
             raise ValueError(
                 f"attention_mode={mode!r} replaces the whole last block: it has no residual or MLP to keep"
             )
-        if mode == "proxy" and knobs["feature_upsampling"]:
+        if mode in ("proxy", "trident") and knobs["feature_upsampling"]:
             raise ValueError(
-                "feature_upsampling upsamples CLIP's patch grid; attention_mode='proxy' gives the proxy's grid: "
+                f"feature_upsampling upsamples CLIP's patch grid; attention_mode={mode!r} gives another grid: "
                 "use one or the other"
             )
+        if mode == "trident":
+            for name in ("outlier_suppression", "global_debias_factor", "cls_logit_lambda"):
+                if knobs[name]:
+                    raise ValueError(f"attention_mode='trident' has no CLS token or patch grid for {name}: turn it off")
+        elif knobs["sam_refinement"] or knobs["sam_split_halves"]:
+            name = "sam_refinement" if knobs["sam_refinement"] else "sam_split_halves"
+            raise ValueError(f"{name}=True needs attention_mode='trident' (Trident's SAM), got {mode!r}")
+        for name in ("sam_iou_threshold", "sam_coarse_threshold"):
+            if not 0.0 <= knobs[name] <= 1.0:
+                raise ValueError(f"{name} must lie in [0, 1], got {knobs[name]}")
+        if knobs["sam_minimal_area"] < 0 or knobs["sam_mask_coefficient"] < 0:
+            raise ValueError("sam_minimal_area and sam_mask_coefficient must be >= 0")
         if knobs["proxy_gamma"] <= 0:
             raise ValueError(f"proxy_gamma must be > 0, got {knobs['proxy_gamma']}")
         multiple = knobs["window_multiple"]

@@ -386,6 +386,27 @@ def embed_proxy(model: OVSegModel, config: Any, proxy_model: torch.nn.Module) ->
     model.proxy_model = proxy_model.to(next(model.parameters()).dtype).eval()
 
 
+def read_sam(source: str, **options: Any) -> tuple[Any, torch.nn.Module]:
+    """A whole SAM's ``(config, model)`` (a transformers ``SamModel`` folder or Hub id such as
+    facebook/sam-vit-base), on the CPU in float32; any failure is a one-line ``ConversionError``."""
+    from transformers import AutoConfig, SamModel
+
+    try:
+        config = AutoConfig.from_pretrained(source, **options)
+        if config.model_type != "sam":
+            raise ValueError(f"it is a {config.model_type!r} model, not a SamModel (e.g. facebook/sam-vit-base)")
+        model = SamModel.from_pretrained(source, dtype=torch.float32, **options)
+    except (OSError, ValueError, RuntimeError) as error:
+        raise ConversionError(f"cannot use {source!r} as SAM: {first_line(error, 300)}") from None
+    return model.config, model.eval()
+
+
+def embed_sam(model: OVSegModel, config: Any, sam_model: torch.nn.Module) -> None:
+    """Give ``model`` SAM (weights under ``sam_model.*``, ``config.sam_config``), for the trident preset."""
+    model.config.sam_config = config
+    model.sam_model = sam_model.to(next(model.parameters()).dtype).eval()
+
+
 # -- folders -----------------------------------------------------------------------------------------
 
 
@@ -417,7 +438,7 @@ def proxy_license(source: str) -> str:
 
 def render_model_card(
     config: OVSegConfig, source: str, license_id: str, base_model: str | None, proxy: str | None = None,
-    upsampler: str | None = None,
+    upsampler: str | None = None, sam: str | None = None,
 ) -> str:  # fmt: skip
     """The model card: the method, its knobs, usage, and every component with its source and licence."""
     knobs = "\n".join(f"| `{k}` | `{v}` |" for k, v in config.method_knobs().items())
@@ -425,7 +446,11 @@ def render_model_card(
     if proxy is not None:
         kind, model_type = config.proxy_model_kind, config.proxy_config.model_type
         components.append(f"- proxy vision model ({kind}, `{model_type}`): `{proxy}` (licence: "
-                          f"{proxy_license(proxy)}); used by the proxy presets (proxyclip, seed_proxy)")  # fmt: skip
+                          f"{proxy_license(proxy)}); used by the proxy presets (proxyclip, seed_proxy, "
+                          "trident)")  # fmt: skip
+    if sam is not None:
+        components.append(f"- SAM (`SamModel`: image encoder, prompt encoder, mask decoder): `{sam}` (licence: "
+                          f"{proxy_license(sam)}); used by the trident preset")  # fmt: skip
     if upsampler is not None:
         components.append(f"- SimFeatUp `{config.feature_upsampler}` weights: `{upsampler}` (SegEarth-OV's, "
                           "Apache-2.0); used by the segearth preset")  # fmt: skip
@@ -459,18 +484,18 @@ def convert(
     feature_upsampler: str | None = None,
     trust_pickle: bool = False,
     proxy: str | None = None,
+    sam: str | None = None,
 ) -> Path:
     """Convert ``source`` into a complete OVSeg folder at ``out_dir``; see the module docstring.
     ``feature_upsampler``: a SimFeatUp checkpoint to embed (see [`read_upsampler_checkpoint`]); ``proxy``: a
-    transformers folder or Hub id of a proxy vision model to embed (DINO, DINOv2 or SAM; see ``proxy.py``)."""
+    transformers folder or Hub id of a proxy vision model to embed (DINO, DINOv2 or SAM; see ``proxy.py``);
+    ``sam``: one of a whole ``SamModel`` (Trident's SAM)."""
+    from .api import hub_options
+
     out = Path(out_dir)
     upsampler = read_upsampler_checkpoint(feature_upsampler, trust_pickle) if feature_upsampler else None
-    if proxy:
-        from .api import hub_options
-
-        proxy_parts = read_proxy(proxy, **hub_options(proxy))
-    else:
-        proxy_parts = None
+    proxy_parts = read_proxy(proxy, **hub_options(proxy)) if proxy else None
+    sam_parts = read_sam(sam, **hub_options(sam)) if sam else None
     path = Path(source)
     base_model = None
     if path.is_file():
@@ -508,10 +533,12 @@ def convert(
         embed_feature_upsampler(model, *upsampler)
     if proxy_parts is not None:
         embed_proxy(model, *proxy_parts)
+    if sam_parts is not None:
+        embed_sam(model, *sam_parts)
     pipe = ZeroShotImageSegmentationPipeline(model=model, processor=processor, task=TASK, device="cpu")
     pipe.save_pretrained(out)
     card = render_model_card(model.config, source, license_id or _default_license(source), base_model, proxy,
-                             feature_upsampler)  # fmt: skip
+                             feature_upsampler, sam)  # fmt: skip
     (out / "README.md").write_text(card, encoding="utf-8")
     return out
 
@@ -523,6 +550,7 @@ __all__ = [
     "convert",
     "embed_feature_upsampler",
     "embed_proxy",
+    "embed_sam",
     "infer_arch",
     "openclip_to_hf",
     "read_state_dict",

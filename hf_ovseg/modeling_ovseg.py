@@ -35,7 +35,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel
+from transformers import CLIPModel, CLIPTextModel, CLIPVisionConfig, CLIPVisionModel, SamModel
 from transformers.models.clip.modeling_clip import CLIPPreTrainedModel
 from transformers.utils import ModelOutput, logging
 
@@ -214,18 +214,14 @@ class OVSegVisionModel(CLIPVisionModel):
         """pixel_values [B, 3, H, W] with H, W multiples of the patch size -> [`OVSegVisionOutput`].
         ``proxy_map`` [B, C, h, w]: the proxy's features, for ``attention_mode="proxy"``."""
         cfg = settings or self.method_config
+        if cfg.attention_mode == "trident":
+            raise ValueError(
+                "attention_mode='trident' runs on whole images (its windows are spliced onto SAM's grid): use the "
+                "pipeline, or hf_ovseg.trident.trident_logits"
+            )
         grid_size = check_pixel_values(pixel_values, self.config.patch_size)
-        hidden = self.layer_norm(self.pre_layrnorm, self.embed(pixel_values, grid_size, cfg), cfg)
-
-        # Blocks 1..L-1, unchanged. states[m] is the output of block m (states[0] = the embeddings), kept
-        # only for the layers a later step reads.
         num_layers = len(self.encoder.layers)
-        keep = self.layers_to_keep(cfg, num_layers)
-        states = {0: hidden} if 0 in keep else {}
-        for index, layer in enumerate(self.encoder.layers[:-1], start=1):
-            hidden = self.encoder_layer(layer, hidden, cfg)
-            if index in keep:
-                states[index] = hidden
+        hidden, states = self.run_blocks(pixel_values, grid_size, cfg, self.layers_to_keep(cfg, num_layers))
 
         score_probs = None
         if cfg.outlier_suppression and cfg.outlier_score_layer == "penultimate" and cfg.attention_mode != "sfp":
@@ -260,6 +256,24 @@ class OVSegVisionModel(CLIPVisionModel):
         return keep
 
     # -- the unchanged tower ---------------------------------------------------------------------
+
+    def run_blocks(
+        self, pixel_values: torch.Tensor, grid_size: tuple[int, int], cfg: OVSegConfig, keep: set[int]
+    ) -> tuple[torch.Tensor, dict[int, torch.Tensor]]:
+        """Embeddings and blocks 1..L-1, unchanged: the [B, 1+N, D] tokens entering block L and ``states[m]``, the
+        output of block m (``states[0]`` = the embeddings) for each m in ``keep``."""
+        hidden = self.layer_norm(self.pre_layrnorm, self.embed(pixel_values, grid_size, cfg), cfg)
+        states = {0: hidden} if 0 in keep else {}
+        for index, layer in enumerate(self.encoder.layers[:-1], start=1):
+            hidden = self.encoder_layer(layer, hidden, cfg)
+            if index in keep:
+                states[index] = hidden
+        return hidden, states
+
+    def hidden_before_last_block(self, pixel_values: torch.Tensor, cfg: OVSegConfig) -> torch.Tensor:
+        """[B, 1+N, D] tokens entering block L of [B, 3, H, W] pixels (H, W multiples of the patch size)."""
+        grid_size = check_pixel_values(pixel_values, self.config.patch_size)
+        return self.run_blocks(pixel_values, grid_size, cfg, set())[0]
 
     def embed(self, pixel_values: torch.Tensor, grid_size: tuple[int, int], cfg: OVSegConfig) -> torch.Tensor:
         """CLS and patch embeddings plus position embeddings: [B, 3, H, W] -> [B, 1+N, D]."""
@@ -391,6 +405,32 @@ class OVSegVisionModel(CLIPVisionModel):
         patches = torch.matmul(probs.to(grid.dtype), grid.flatten(2).transpose(1, 2))  # [B, h*w, D]
         return torch.cat([cls, patches], dim=1), outliers
 
+    def trident_last_block(
+        self, hidden: torch.Tensor, grid_size: tuple[int, int], features: torch.Tensor, cfg: OVSegConfig
+    ) -> torch.Tensor:
+        """Block L as Trident's ``custom_attn`` (YuHengsss/Trident@a93b346:open_clip/transformer.py:525-527,
+        557-584): CLIP's values of ``ln_1(x)`` without CLS, per head, resized bilinearly (``align_corners=False``)
+        from CLIP's grid to the proxy's, aggregated by [`proxy_attention`] with its mean over ALL the windows, then
+        ``out_proj``; no CLS, residual or MLP.
+
+        Args:
+            hidden: [n, 1+N, D] tokens of an image's n windows entering block L. grid_size: a window's CLIP grid.
+            features: [n, C, h, w] the proxy's maps of the windows.
+        Returns:
+            [n, D, h, w] the windows' maps on the proxy's grid.
+        """
+        block = self.encoder.layers[-1]
+        attn = block.self_attn
+        (v,) = project_heads(attn, self.layer_norm(block.layer_norm1, hidden[:, 1:], cfg), ("v",))  # [n, h, N, d]
+        count, heads, _, head_dim = v.shape
+        rows, cols = features.shape[-2:]
+        grid = v.reshape(count * heads, *grid_size, head_dim).permute(0, 3, 1, 2)
+        grid = F.interpolate(grid, size=(rows, cols), mode="bilinear", align_corners=False)
+        grid = grid.flatten(2).transpose(1, 2).reshape(count, heads, rows * cols, head_dim)
+        probs = proxy_attention(features, cfg.proxy_beta, cfg.proxy_gamma, batch_mean=True)
+        out = attend(attn, probs[:, None].expand(-1, heads, -1, -1), grid)  # [n, h*w, D]
+        return out.transpose(1, 2).reshape(count, -1, rows, cols)
+
     def sfp_last_stage(
         self, states: dict[int, torch.Tensor], grid_size: tuple[int, int], cfg: OVSegConfig
     ) -> tuple[torch.Tensor, torch.Tensor | None]:
@@ -451,7 +491,8 @@ class OVSegVisionModel(CLIPVisionModel):
 class OVSegModel(CLIPModel):
     """CLIP with the training-free dense head. Every HF CLIP checkpoint loads into it unchanged; a model made
     with ``config.feature_upsampler`` also holds SimFeatUp's weights (``feature_upsampler.*``), one made with
-    ``config.proxy_config`` a proxy vision model (``proxy_model.*``: DINO, DINOv2 or SAM's image encoder).
+    ``config.proxy_config`` a proxy vision model (``proxy_model.*``: DINO, DINOv2 or SAM's image encoder), one made
+    with ``config.sam_config`` a whole SAM (``sam_model.*``, for Trident).
 
     Example:
         >>> model = OVSegModel.from_pretrained("openai/clip-vit-base-patch16", method="seed")
@@ -478,6 +519,7 @@ class OVSegModel(CLIPModel):
             build_feature_upsampler(config.feature_upsampler, self.projection_dim) if config.feature_upsampler else None
         )
         self.proxy_model = build_proxy_model(config.proxy_config) if config.proxy_config is not None else None
+        self.sam_model = SamModel._from_config(config.sam_config) if config.sam_config is not None else None
         self.post_init()
 
     def save_pretrained(self, save_directory: str | os.PathLike, *args: Any, **kwargs: Any) -> None:
@@ -545,7 +587,8 @@ class OVSegModel(CLIPModel):
 
     def check_components(self, settings: OVSegConfig) -> None:
         """Raise ``ValueError`` (one line, naming the fix) when ``settings`` need a component this model lacks:
-        SimFeatUp's weights for ``feature_upsampling``, a proxy (of the preset's kind) for ``attention_mode="proxy"``.
+        SimFeatUp's weights for ``feature_upsampling``, a proxy (of the preset's kind) for ``attention_mode="proxy"``,
+        a DINO proxy and SAM for ``attention_mode="trident"``.
         Nothing falls back silently, so a result is always what its method says."""
         if settings.feature_upsampling and self.feature_upsampler is None:
             raise ValueError(
@@ -553,11 +596,19 @@ class OVSegModel(CLIPModel):
                 "feature upsampler: embed one with `hf-ovseg convert CLIP OUT --feature-upsampler CKPT`, or run "
                 "without it (feature_upsampling=False; CLI: --no-feature-upsampler)"
             )
-        if settings.attention_mode != "proxy":
+        if settings.attention_mode not in ("proxy", "trident"):
             return
+        if settings.attention_mode == "trident" and self.sam_model is None:
+            raise ValueError(
+                f"method {settings.method!r} needs SAM (a SamModel) but this model has none: embed one with "
+                "`hf-ovseg convert CLIP OUT --proxy facebook/dino-vitb16 --sam facebook/sam-vit-base` (or "
+                "load_pipeline(clip, proxy='facebook/dino-vitb16', sam='facebook/sam-vit-base'))"
+            )
         wanted = settings.proxy_kind
         example = {"dino": "facebook/dino-vitb8", "dinov2": "facebook/dinov2-with-registers-base",
                    "sam": "facebook/sam-vit-base"}.get(wanted, "facebook/dino-vitb8")  # fmt: skip
+        if settings.attention_mode == "trident":
+            example = "facebook/dino-vitb16"  # Trident's DINO (trident.py:48)
         fix = f"`hf-ovseg convert CLIP OUT --proxy {example}` (or load_pipeline(clip, proxy={example!r}))"
         if self.proxy_model is None:
             raise ValueError(
@@ -572,14 +623,20 @@ class OVSegModel(CLIPModel):
 
     def components(self, settings: OVSegConfig | None = None) -> dict[str, Any]:
         """What besides CLIP a call with ``settings`` runs: ``{"feature_upsampler": "jbu_one" | None, "proxy":
-        {"kind", "model_type", "source"} | None}`` (for results that say what ran)."""
+        {"kind", "model_type", "source"} | None, "sam": {"model_type", "source", "refinement"} | None}`` (for
+        results that say what ran)."""
         cfg = settings or self.config
         self.check_components(cfg)
-        proxy = None
-        if cfg.attention_mode == "proxy":
+        proxy = sam = None
+        if cfg.attention_mode in ("proxy", "trident"):
             proxy = {"kind": self.config.proxy_model_kind, "model_type": self.config.proxy_config.model_type,
                      "source": self.config.proxy_config._name_or_path or None}  # fmt: skip
-        return {"feature_upsampler": self.config.feature_upsampler if cfg.feature_upsampling else None, "proxy": proxy}
+        if cfg.attention_mode == "trident":
+            sam_config = self.config.sam_config
+            sam = {"model_type": sam_config.model_type, "source": sam_config._name_or_path or None,
+                   "refinement": bool(cfg.sam_refinement)}  # fmt: skip
+        upsampler = self.config.feature_upsampler if cfg.feature_upsampling else None
+        return {"feature_upsampler": upsampler, "proxy": proxy, "sam": sam}
 
     def window_multiple(self, settings: OVSegConfig | None = None) -> int:
         """The multiple a window's sides are padded to before this model runs it (``window_multiple``, else CLIP's
@@ -587,7 +644,7 @@ class OVSegModel(CLIPModel):
         cfg = settings or self.config
         if cfg.window_multiple is not None:
             return cfg.window_multiple
-        proxy_config = self.config.proxy_config if cfg.attention_mode == "proxy" else None
+        proxy_config = self.config.proxy_config if cfg.attention_mode == "proxy" else None  # trident: whole images
         return default_window_multiple(self.config.vision_config.patch_size, proxy_config)
 
     def upsample_features(

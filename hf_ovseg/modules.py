@@ -18,7 +18,9 @@ import functools
 import torch
 import torch.nn.functional as F
 
-ATTENTION_MODES = ("gated", "vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "sfp", "proxy")
+ATTENTION_MODES = (
+    "gated", "vanilla", "maskclip", "sclip", "clearclip", "naclip", "segearth", "sfp", "proxy", "trident",
+)  # fmt: skip
 SIMILARITY_MODES = ("gated",)  # the attention modes that take module 2's self-similarity map
 GLOBAL_DEBIAS_MODES = ("similarity", "uniform")
 
@@ -241,14 +243,18 @@ def segearth_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, scale:
     return _softmax(_gram(q, q, scale)) + _softmax(_gram(k, k, scale)) + _softmax(_gram(v, v, scale))
 
 
-def proxy_attention(features: torch.Tensor, beta: float = 1.2, gamma: float = 3.0) -> torch.Tensor:
+def proxy_attention(
+    features: torch.Tensor, beta: float = 1.2, gamma: float = 3.0, batch_mean: bool = False
+) -> torch.Tensor:
     """ProxyCLIP's attention from a proxy's feature map (mc-lan/ProxyCLIP@e7b767f:open_clip/transformer.py:569-578):
     ``softmax(gamma * (S - beta * mean(S)))`` with ``S`` the cosine similarities of the proxy's tokens and every
     entry below 0 masked (``-inf``); the same for every head, no ``1/sqrt(d)``.
 
     The mean is taken over each image's whole map (diagonal included); the official code takes it over the
     whole batch tensor, which is the same for its batches of one window and keeps a window's result independent
-    of the batch it is in. A row whose entries are all negative (a nearly uniform window) is NaN, as there.
+    of the batch it is in. ``batch_mean``: the mean over the whole batch, as Trident takes it over all the windows
+    of an image (YuHengsss/Trident@a93b346:open_clip/transformer.py:571). A row whose entries are all negative (a
+    nearly uniform window) is NaN, as there.
 
     Args:
         features: [B, C, h, w] proxy features.
@@ -257,7 +263,8 @@ def proxy_attention(features: torch.Tensor, beta: float = 1.2, gamma: float = 3.
     """
     tokens = unit(features.flatten(2), dim=1)  # [B, C, hw]
     similarity = torch.matmul(tokens.transpose(1, 2), tokens)
-    logits = (similarity - similarity.mean(dim=(1, 2), keepdim=True) * beta) * gamma
+    mean = similarity.mean() if batch_mean else similarity.mean(dim=(1, 2), keepdim=True)
+    logits = (similarity - mean * beta) * gamma
     return _softmax(logits.masked_fill(logits < 0, float("-inf")))
 
 

@@ -20,6 +20,7 @@ from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from PIL import Image
@@ -30,6 +31,7 @@ from .image_processing_ovseg import load_image
 from .inference import (
     DensePrediction,
     Stitcher,
+    add_counts,
     check_patch_padding,
     check_windows,
     predict_labels,
@@ -39,6 +41,8 @@ from .inference import (
 from .labels import LabelSet, parse_labels
 from .postprocess import pamr
 from .processing_ovseg import check_templates
+from .sam_refinement import RefinementSettings, refine_with_sam
+from .trident import TridentLogits, trident_logits
 
 TASK = "zero-shot-image-segmentation"
 REFINEMENTS = ("pamr",)
@@ -113,6 +117,10 @@ def check_call_arguments(kwargs: dict[str, Any], names: dict[str, str] | None = 
         check_templates(kwargs["templates"])
 
 
+#: Trident's SAM refinement: (logits, coarse labels [H, W], probabilities [C, H, W]) -> refined labels, maps.
+Refine = Callable[[TridentLogits, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+
+
 @dataclass(frozen=True)
 class CallSettings:
     """One call's resolved settings (see ``ZeroShotImageSegmentationPipeline.call_settings``)."""
@@ -132,6 +140,9 @@ class CallSettings:
     return_probabilities: bool
     normalize_probabilities: bool = False
     min_window: int = 1  # the smallest window side the model runs (patch_padding "none", SimFeatUp)
+    # Trident: the logits of a whole image from (normalised image, original photo), and the SAM refinement
+    whole_image: Callable[[torch.Tensor, np.ndarray], TridentLogits] | None = None
+    sam_refine: Refine | None = None
 
     def check_image(self, height: int, width: int) -> None:
         """Raise ``ValueError`` when a resized ``height x width`` image gives a window smaller than the model runs."""
@@ -143,9 +154,43 @@ class CallSettings:
                 f"{reason} ({self.min_window} pixels): use a larger image or short side"
             )
 
-    def run(self, stitchers: Iterable[tuple[Any, Stitcher]]) -> Iterator[tuple[Any, torch.Tensor]]:
-        """Stitched logits ``(key, [Q, H, W])`` of many images with this call's windows (see ``run_windows``)."""
-        return run_windows(self.forward, stitchers, self.window_multiple, self.batch_size, self.padding)
+    def work(self, image: torch.Tensor, photo: Any) -> Any:
+        """What [`run`] takes for one image: its windows (a [`Stitcher`]), or for a whole-image method (Trident)
+        the normalised image [1, 3, h, w] and the original [H, W, 3] uint8 photo (array or tensor)."""
+        if self.whole_image is not None:
+            return image, np.asarray(photo)
+        return Stitcher.windows(image, self.crop_size, self.stride)
+
+    def run(self, items: Iterable[tuple[Any, Any]]) -> Iterator[tuple[Any, Any]]:
+        """Logits ``(key, [Q, H, W])`` of many images, in order, from ``(key, work(image, photo))`` pairs: stitched
+        from this call's windows (see ``run_windows``), or the [`TridentLogits`] of each whole image."""
+        if self.whole_image is not None:
+            return ((key, self.whole_image(*item)) for key, item in items)
+        return run_windows(self.forward, items, self.window_multiple, self.batch_size, self.padding)
+
+
+def trident_prediction(logits: TridentLogits, size: tuple[int, int], call: CallSettings) -> DensePrediction:
+    """Trident's post-processing (YuHengsss/Trident@a93b346:trident.py:260-283): the logits resized to ``size``,
+    softmax, synonyms (its background names) merged by max, ``prob_thd``, then the SAM refinement, whose
+    probabilities (the refined ``L`` maps) are the ones returned. A segment's score is the mean over its pixels of
+    their (softmax) probability of its class; a background label added past the classes scores their best one."""
+    wanted = call.return_probabilities or call.sam_refine is not None
+    prediction = predict_labels(
+        logits.logits, call.labels.synonym_index, size, call.background_threshold, call.background_index, wanted,
+        call.area_threshold,
+    )  # fmt: skip
+    if call.sam_refine is None:
+        return prediction
+    coarse = prediction.probabilities
+    labels, refined = call.sam_refine(logits, prediction.label_map.long(), coarse)
+    pixel_count = torch.zeros_like(prediction.pixel_count)
+    add_counts(pixel_count, labels)
+    in_range = labels.clamp(max=coarse.shape[0] - 1)  # a background label past the classes: the best probability
+    scores = torch.where(labels < coarse.shape[0], coarse.gather(0, in_range[None])[0], coarse.amax(dim=0))
+    score_sum = torch.zeros_like(prediction.score_sum)
+    score_sum.index_add_(0, labels.flatten(), scores.flatten().double())
+    returned = refined if call.return_probabilities else None
+    return DensePrediction(labels.to(torch.int32), score_sum, pixel_count, returned)
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
@@ -245,13 +290,13 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         return {
             "pixels": self.processor.image_processor.resize_image(picture, **sides),  # uint8: normalised on the device
             "original_size": (picture.height, picture.width),
+            "picture": picture,  # Trident's SAM reads the original image
         }
 
     def _forward(self, model_inputs: dict[str, Any], **params: Any) -> dict[str, Any]:
         call = self.call_settings(**params)
         image = self.processor.image_processor.normalize_pixels(model_inputs["pixels"])
-        stitcher = Stitcher.windows(image, call.crop_size, call.stride)
-        ((_, logits),) = call.run([(None, stitcher)])
+        ((_, logits),) = call.run([(None, call.work(image, model_inputs["picture"]))])
         return self.finish(logits, image, model_inputs["original_size"], call)
 
     def call_settings(
@@ -305,17 +350,56 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         min_window = multiple if patch_padding == "none" else 1
         if cfg.feature_upsampling:
             min_window = multiple * model.feature_upsampler.min_grid()
+        whole_image = sam_refine = None
+        if cfg.attention_mode == "trident":
+            for name, value in (("refine", refine), ("normalize_probabilities", normalize_probabilities)):
+                if value:
+                    raise ValueError(f"{name}={value!r} is not part of Trident (its PAMR is off in every config)")
+            whole_image, sam_refine = self.trident_steps(cfg, text, crop_size, stride)
         return CallSettings(
             forward, labels, names, multiple, crop_size, stride, crop_batch_size, patch_padding, background_threshold,
             background_index, area_threshold, refine, return_probabilities, normalize_probabilities, min_window,
+            whole_image, sam_refine,
         )  # fmt: skip
+
+    def trident_steps(
+        self, cfg: Any, text: torch.Tensor, crop_size: int | None, stride: int | None
+    ) -> tuple[Callable[[torch.Tensor, np.ndarray], TridentLogits], Refine | None]:
+        """Trident's whole-image forward and its SAM refinement (None when ``sam_refinement`` is off)."""
+        model = self.model
+        patch = model.config.vision_config.patch_size
+        if crop_size is None or stride is None:
+            raise ValueError("the trident method runs sliding windows: give crop_size and stride (336 / 224)")
+        if crop_size % patch or stride % patch:  # its windows must start and end on CLIP's patches (trident.py:214)
+            raise ValueError(
+                f"the trident method splices its windows on CLIP's {patch}-pixel patches: crop_size ({crop_size}) "
+                f"and stride ({stride}) must be multiples of {patch} (Trident's: 336 / 224)"
+            )
+
+        def whole_image(image: torch.Tensor, photo: np.ndarray) -> TridentLogits:
+            return trident_logits(model, image, photo, text, cfg, crop_size, stride)
+
+        if not cfg.sam_refinement:
+            return whole_image, None
+        settings = RefinementSettings(cfg.sam_coarse_threshold, cfg.sam_minimal_area, cfg.sam_mask_coefficient,
+                                      cfg.sam_iou_threshold)  # fmt: skip
+
+        def sam_refine(
+            logits: TridentLogits, labels: torch.Tensor, probs: torch.Tensor
+        ) -> tuple[torch.Tensor, torch.Tensor]:
+            return refine_with_sam(model.sam_model, logits.sam_image, labels, probs, settings)
+
+        return whole_image, sam_refine
 
     @staticmethod
     def predict(
-        logits: torch.Tensor, image: torch.Tensor, size: tuple[int, int], call: CallSettings
+        logits: torch.Tensor | TridentLogits, image: torch.Tensor, size: tuple[int, int], call: CallSettings
     ) -> DensePrediction:
         """From stitched logits [Q, h, w] of the normalised image [1, 3, h, w] to the label map at ``size``, on the
-        logits' device: PAMR (optional), resize, softmax, synonyms, area and background thresholds."""
+        logits' device: PAMR (optional), resize, softmax, synonyms, area and background thresholds. Trident's
+        [`TridentLogits`] are then refined with SAM (``sam_refinement``)."""
+        if isinstance(logits, TridentLogits):
+            return trident_prediction(logits, size, call)
         if call.refine == "pamr":  # NACLIP: the normalised image, resized bilinearly to the original size, guides PAMR
             logits = resize_bilinear(logits, size)
             guide = F.interpolate(image, size=size, mode="bilinear", align_corners=False)[0]

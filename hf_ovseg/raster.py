@@ -211,6 +211,8 @@ def segment_raster(
     rasterio = rasterio_module()
     if call.refine is not None:
         raise ValueError(f"refine={call.refine!r} is not supported for GeoTIFF rasters (it needs the whole image)")
+    if call.whole_image is not None:
+        raise ValueError("the trident method is not supported for GeoTIFF rasters (SAM encodes the whole image)")
     names = call.names
     with rasterio.Env(GDAL_CACHEMAX=GDAL_CACHE_MB), rasterio.open(source) as dataset:
         raster = open_raster(dataset, bands)

@@ -2,17 +2,20 @@
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 import textwrap
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
-from transformers import Dinov2Config, Dinov2WithRegistersConfig, SamVisionConfig, ViTConfig
+from transformers import Dinov2Config, Dinov2WithRegistersConfig, SamConfig, SamVisionConfig, ViTConfig, ViTModel
 
 from hf_ovseg import OVSegConfig, OVSegModel
+from hf_ovseg.proxy import build_proxy_model
 
 FIXTURES = Path(__file__).resolve().parent / "fixtures"  # small real images and masks; see fixtures/README.md
 
@@ -113,9 +116,63 @@ def peaky_proxy(model: torch.nn.Module, seed: int = 0) -> torch.nn.Module:
 
 def tiny_proxy(kind: str, seed: int = 0) -> torch.nn.Module:
     """A tiny proxy of ``kind`` (a key of ``PROXY_CONFIGS``) with peaky random weights."""
-    from hf_ovseg.proxy import build_proxy_model
-
     return peaky_proxy(build_proxy_model(PROXY_CONFIGS[kind]()), seed)
+
+
+#: Trident test models: a tiny SAM with a 16 x 16 token grid beside a DINO with CLIP's 16-pixel patches.
+SAM_SIZE, SAM_HEADS, SAM_WINDOW = 256, 2, 4
+
+
+def randomise(model: torch.nn.Module, seed: int) -> torch.nn.Module:
+    """Weights ~ N(0, 1/fan_in), norms around 1, tables and biases N(0, 0.25): varied, finite outputs."""
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for name, param in model.named_parameters():
+            noise = torch.randn(param.shape, generator=generator)
+            if param.ndim >= 2 and not any(key in name for key in ("rel_pos", "pos_embed", "positional")):
+                param.copy_(noise / param[0].numel() ** 0.5)
+            elif name.endswith("weight") and param.ndim == 1:
+                param.copy_(1 + 0.1 * noise)
+            else:
+                param.copy_(0.5 * noise)
+    return model.eval()
+
+
+def trident_dino_config(patch_size: int = 16) -> ViTConfig:
+    return ViTConfig(image_size=224, patch_size=patch_size, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
+                     intermediate_size=128, layer_norm_eps=1e-6)  # fmt: skip
+
+
+def trident_sam_config() -> SamConfig:
+    return SamConfig(
+        vision_config=dict(hidden_size=32, output_channels=32, num_hidden_layers=2, num_attention_heads=SAM_HEADS,
+                           image_size=SAM_SIZE, window_size=SAM_WINDOW, global_attn_indexes=[1], num_pos_feats=16,
+                           mlp_dim=64),
+        prompt_encoder_config=dict(hidden_size=32, image_size=SAM_SIZE, image_embedding_size=SAM_SIZE // 16,
+                                   mask_input_channels=8),
+        mask_decoder_config=dict(hidden_size=32, mlp_dim=64, num_attention_heads=2, iou_head_hidden_dim=32),
+    )  # fmt: skip
+
+
+def tiny_trident_dino(patch_size: int = 16) -> ViTModel:
+    model = randomise(build_proxy_model(trident_dino_config(patch_size)), 1)
+    with torch.no_grad():  # diverse tokens: with a mean cosine above 1 / beta every proxy-attention row is empty
+        model.embeddings.patch_embeddings.projection.weight.mul_(3)
+        model.embeddings.position_embeddings.mul_(3)
+    return model
+
+
+def tiny_trident_model() -> OVSegModel:
+    """The parity CLIP with a tiny DINO (patch 16) and a tiny whole SAM (256 input, 16 x 16 grid), for trident."""
+    from transformers import SamModel
+
+    torch.manual_seed(0)
+    config = parity_config("trident", proxy_config=trident_dino_config().to_dict(),
+                           sam_config=trident_sam_config().to_dict())  # fmt: skip
+    model = peaky(OVSegModel(config))
+    model.proxy_model = tiny_trident_dino()
+    model.sam_model = randomise(SamModel(config.sam_config), 2)
+    return model.eval()
 
 
 @pytest.fixture
@@ -170,3 +227,22 @@ def run_clean_process(script: str, args: list[str], tmp_path: Path, env_extra: d
         [sys.executable, str(path), *args], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=600
     )
     assert result.returncode == 0, result.stderr[-3000:]
+
+
+def segment_in_clean_process(folder: Path, photo: Path, call: dict, tmp_path: Path, component: str) -> dict:
+    """``pipeline("zero-shot-image-segmentation", model=folder, trust_remote_code=True)(photo, **call)`` in a clean
+    process without hf_ovseg (see ``run_clean_process``), which also checks that ``model.<component>`` is a
+    transformers module; returns its ``label_map`` and ``probabilities``."""
+    script = f"""
+        import json, sys
+        import numpy as np
+        from transformers import pipeline
+        folder, photo, output, call = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
+        segmenter = pipeline("zero-shot-image-segmentation", model=folder, trust_remote_code=True)
+        assert type(segmenter.model.{component}).__module__.startswith("transformers.models")
+        result = segmenter(photo, **call)
+        np.savez(output, label_map=result["label_map"], probabilities=result["probabilities"])
+        """
+    output = tmp_path / "out.npz"
+    run_clean_process(script, [str(folder), str(photo), str(output), json.dumps(call)], tmp_path)
+    return dict(np.load(output))

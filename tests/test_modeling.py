@@ -144,7 +144,8 @@ def test_seed_variants_match_reimplementation(knobs):
     assert not torch.allclose(got, plain)  # the knob changes the result
 
 
-@pytest.mark.parametrize("mode", [m for m in ATTENTION_MODES if m not in ("sfp", "proxy")])  # see test_proxy.py
+# sfp, proxy and trident: see test_anchor_parity.py, test_proxy.py and test_trident.py
+@pytest.mark.parametrize("mode", [m for m in ATTENTION_MODES if m not in ("sfp", "proxy", "trident")])
 def test_every_attention_mode_matches_reference(mode):
     knobs = {"similarity_enhancement": mode == "gated", "global_debias_mode": "uniform"}
     model = tiny_model("seed", attention_mode=mode, similarity_layer=2, similarity_temperature=0.5, **knobs)

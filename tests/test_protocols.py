@@ -87,6 +87,28 @@ DEFAULTS = {
         "background_index": (0, "proxyclip_segmentor.py:281"),
         "synonym_separator": ("; ", "proxyclip_segmentor.py:336"),
     },
+    "trident": {  # YuHengsss/Trident@a93b346 (configs/base_config.py over the segmentor defaults, trident.py:29-33)
+        "method": ("trident", "configs/base_config.py:6-9,16 openai ViT-B/16, dino_vitb16 (trident.py:48), vit_b"),
+        "crop_size": (336, "configs/base_config.py:15 slide_crop=336"),
+        "stride": (224, "configs/base_config.py:14 slide_stride=224 (trident.py:30 default 112)"),
+        "dense_logit_scale": (40.0, "trident.py:30 logit_scale=40"),
+        "proxy_beta": (1.2, "configs/base_config.py:11 beta=1.2"),
+        "proxy_gamma": (3.0, "trident.py:30 gamma=3.0"),
+        "sam_cosine_factor": (1.2, "configs/base_config.py:12 cos_fac=1.2"),
+        "sam_refine_negative_cosine": (True, "configs/base_config.py:13 refine_neg_cos=True"),
+        "sam_split_halves": (False, "trident.py:61 dataset_type='PascalVOCDataset' unless the model sets it, 141"),
+        "sam_refinement": (True, "dist_test.sh:3 --sam_refine -> eval.py:63 (configs/base_config.py:3 False)"),
+        "sam_iou_threshold": (0.8, "configs/base_config.py:17 sam_iou_thresh=0.80 (trident.py:93 default 0.9)"),
+        "sam_coarse_threshold": (0.2, "configs/base_config.py:18 coarse_thresh=0.2 (trident.py:33 default 0.10)"),
+        "sam_minimal_area": (225, "configs/base_config.py:19 minimal_area=225"),
+        "sam_mask_coefficient": (0.005, "trident.py:33 sam_mask_coff=0.005"),
+        "background_threshold": (0.0, "trident.py:30 prob_thd=0.0"),
+        "area_threshold": (None, "trident.py has no area_thd"),
+        "refine": (None, "trident.py:31 pamr_steps=0 (SAM refinement is the knob sam_refinement)"),
+        "patch_padding": ("center", "trident.py:219-221 pad to 56 on both sides; windows are full 336 crops"),
+        "background_index": (0, "trident.py:273"),
+        "synonym_separator": ("; ", "trident.py:338"),
+    },
 }
 
 #: Values set by each official configs/cfg_<dataset>.py (read off the files), with their lines.
@@ -401,13 +423,79 @@ for _dataset, (_config, _classes, _threshold, _short, _line, _slide) in _PROXY_C
         **({"crop_size": (_slide[0], f"{_config}:{_slide[2]}"), "stride": (_slide[1], f"{_config}:{_slide[2]}")}
            if _slide else {}),
     }  # fmt: skip
+#: Trident@a93b346 configs/cfg_<dataset>.py: every value each sets (the rest are DEFAULTS["trident"]).
+TRIDENT_CONFIGS = {
+    "voc21": {
+        "classes": ("trident/cls_voc21.txt", "cfg_voc21.py:5"),
+        "background_threshold": (0.2, "cfg_voc21.py:6"),
+        "sam_coarse_threshold": (0.2, "cfg_voc21.py:7"),
+        "long_side": (2048, "cfg_voc21.py:16"),
+        "short_side": (448, "cfg_voc21.py:16"),
+    },
+    "context60": {
+        "classes": ("trident/cls_context60.txt", "cfg_context60.py:5"),
+        "background_threshold": (0.15, "cfg_context60.py:6"),
+        "sam_coarse_threshold": (0.15, "cfg_context60.py:7"),
+        "long_side": (2048, "cfg_context60.py:16"),
+        "short_side": (576, "cfg_context60.py:16"),
+    },
+    "coco_object": {
+        "classes": ("trident/cls_coco_object.txt", "cfg_coco_object.py:5"),
+        "sam_coarse_threshold": (0.25, "cfg_coco_object.py:6"),
+        "background_threshold": (0.25, "cfg_coco_object.py:7"),
+        "long_side": (2048, "cfg_coco_object.py:16"),
+        "short_side": (448, "cfg_coco_object.py:16"),
+    },
+    "voc20": {
+        "classes": ("trident/cls_voc20.txt", "cfg_voc20.py:5"),
+        "sam_coarse_threshold": (0.2, "cfg_voc20.py:6"),
+        "stride": (112, "cfg_voc20.py:7"),
+        "sam_cosine_factor": (0.0, "cfg_voc20.py:8"),
+        "long_side": (2048, "cfg_voc20.py:17"),
+        "short_side": (336, "cfg_voc20.py:17"),
+    },
+    "context59": {
+        "classes": ("trident/cls_context59.txt", "cfg_context59.py:5"),
+        "sam_coarse_threshold": (0.15, "cfg_context59.py:6"),
+        "long_side": (2048, "cfg_context59.py:15"),
+        "short_side": (576, "cfg_context59.py:15"),
+    },
+    "coco_stuff164k": {
+        "classes": ("trident/cls_coco_stuff.txt", "cfg_coco_stuff164k.py:5"),
+        "sam_coarse_threshold": (0.05, "cfg_coco_stuff164k.py:6"),
+        "long_side": (2048, "cfg_coco_stuff164k.py:15"),
+        "short_side": (448, "cfg_coco_stuff164k.py:15"),
+    },
+    "cityscapes": {
+        "classes": ("trident/cls_city_scapes.txt", "cfg_city_scapes.py:5"),
+        "sam_split_halves": (True, "cfg_city_scapes.py:6 model dataset_type='CityscapesDataset' (trident.py:141)"),
+        "sam_cosine_factor": (3.0, "cfg_city_scapes.py:7"),
+        "sam_refine_negative_cosine": (False, "cfg_city_scapes.py:8"),
+        "sam_coarse_threshold": (0.10, "cfg_city_scapes.py:9"),
+        "long_side": (2048, "cfg_city_scapes.py:18"),
+        "short_side": (688, "cfg_city_scapes.py:18"),
+    },
+    "ade20k": {
+        "classes": ("trident/cls_ade20k.txt", "cfg_ade20k.py:5"),
+        "sam_refine_negative_cosine": (False, "cfg_ade20k.py:6"),
+        "sam_coarse_threshold": (0.05, "cfg_ade20k.py:7"),
+        "long_side": (2048, "cfg_ade20k.py:16"),
+        "short_side": (576, "cfg_ade20k.py:16"),
+    },
+}
+for _dataset, _values in TRIDENT_CONFIGS.items():
+    CONFIGS[("trident", _dataset)] = _values
 CONFIGS[("sclip", "coco_stuff10k")] = {
     "classes": ("sclip/cls_coco_stuff.txt", "cfg_coco_stuff10k.py:5"),
     "long_side": (2048, "cfg_coco_stuff10k.py:14"),
     "short_side": (336, "cfg_coco_stuff10k.py:14"),
 }
 
-KNOBS = ("dense_logit_scale", "cls_logit_lambda", "naclip_gaussian_std", "sfp_residual_cls")
+KNOBS = (
+    "dense_logit_scale", "cls_logit_lambda", "naclip_gaussian_std", "sfp_residual_cls", "proxy_beta", "proxy_gamma",
+    "sam_cosine_factor", "sam_refine_negative_cosine", "sam_split_halves", "sam_refinement", "sam_iou_threshold",
+    "sam_coarse_threshold", "sam_minimal_area", "sam_mask_coefficient",
+)  # fmt: skip
 
 
 def resolved_value(protocol, field):
@@ -502,6 +590,14 @@ CLASS_FILES = {
     "proxyclip/cls_context60.txt": ("5e620446a8699f29", 60),
     "proxyclip/cls_voc20.txt": ("6b9a85ffb907e34a", 20),
     "proxyclip/cls_voc21.txt": ("6a194e9134d44459", 21),
+    "trident/cls_ade20k.txt": ("e53ded02c488bdb9", 150),
+    "trident/cls_city_scapes.txt": ("6f6782fc1bf92bfd", 19),
+    "trident/cls_coco_object.txt": ("87b6d3e1d3adf520", 81),
+    "trident/cls_coco_stuff.txt": ("fb98709b9ab1baff", 171),
+    "trident/cls_context59.txt": ("cd808465f06a1616", 59),
+    "trident/cls_context60.txt": ("5e620446a8699f29", 60),
+    "trident/cls_voc20.txt": ("6b9a85ffb907e34a", 20),
+    "trident/cls_voc21.txt": ("6a194e9134d44459", 21),
 }  # fmt: skip
 
 
@@ -516,9 +612,9 @@ def test_shipped_class_files_are_the_official_ones(relative):
 @pytest.mark.parametrize("anchor", list(ANCHORS))
 def test_class_files_parse_as_the_anchors_get_cls_idx(anchor):
     """Our parser gives each anchor's query list: SCLIP, NACLIP and SFP split lines on ', ', ClearCLIP and
-    SegEarth-OV on ',' and ProxyCLIP on '; ' (get_cls_idx in their segmentors; ProxyCLIP's ADE names hold
+    SegEarth-OV on ',' and ProxyCLIP and Trident on '; ' (get_cls_idx in their segmentors; their ADE names hold
     commas); names are stripped (the tokenizer folds spaces)."""
-    separator = {"clearclip": ",", "segearth": ",", "proxyclip": "; "}.get(anchor, ", ")
+    separator = {"clearclip": ",", "segearth": ",", "proxyclip": "; ", "trident": "; "}.get(anchor, ", ")
     for dataset in ANCHORS[anchor].datasets:
         protocol = resolve_protocol(anchor, dataset)
         raw = (CLASSES_DIR / protocol.classes).read_text().split("\n")
@@ -549,12 +645,47 @@ def test_class_files_that_differ_between_anchors():
     ]  # fmt: skip
 
 
+def test_trident_class_files_are_proxyclips_with_synonyms_on_the_first_line_only():
+    """Trident's eight class files are ProxyCLIP's, byte for byte (the same blobs at both pinned commits). Its
+    background merge (trident.py:266-270) takes the max over the first ``Q - (C - 1)`` names and one name per
+    other class, which is our max over each class's names only while no line but the first has synonyms."""
+    for dataset in TRIDENT_CONFIGS:
+        protocol = resolve_protocol("trident", dataset)
+        shipped = (CLASSES_DIR / protocol.classes).read_bytes()
+        assert shipped == (CLASSES_DIR / resolve_protocol("proxyclip", dataset).classes).read_bytes()
+        assert all(len(names) == 1 for names in protocol.label_set().synonyms[1:]), dataset
+    assert len(resolve_protocol("trident", "voc21").label_set().synonyms[0]) == 26
+    assert len(resolve_protocol("trident", "coco_object").label_set().synonyms[0]) == 17
+
+
+@pytest.mark.parametrize(("anchor", "dataset"), list(CONFIGS))
+def test_protocol_knobs_are_valid_method_knobs(anchor, dataset):
+    """Every protocol names a preset and knobs the configuration accepts, and call arguments the pipeline
+    accepts (checked before any model loads)."""
+    from hf_ovseg.configuration_ovseg import METHOD_KNOBS, METHOD_PRESETS, OVSegConfig
+    from hf_ovseg.pipeline_ovseg import check_call_arguments
+
+    protocol = resolve_protocol(anchor, dataset)
+    assert protocol.method in METHOD_PRESETS and set(protocol.knobs) <= set(METHOD_KNOBS)
+    settings = OVSegConfig().with_method(protocol.method, **protocol.knobs)
+    assert {name: getattr(settings, name) for name in protocol.knobs} == protocol.knobs
+    check_call_arguments(protocol.pipeline_arguments())
+
+
 def test_protocol_table_lists_every_protocol():
     table = protocol_table()
     assert table.count("\n") == len(CONFIGS) + 1
     assert "| sclip | voc21 | sclip | 336 / 2048 | 224 / 112 | none | 65 | 0.1 (background) | 0.1 | - |" in table
     assert "| naclip | voc21 | naclip, naclip_gaussian_std=5 | 336 / 2048 | whole | none | 40 | 0.1" in table
     assert "| segearth | xbd | segearth, cls_logit_lambda=0 | 448 / 448 | 224 / 112 | center | 50 | 0 (-) |" in table
+    trident = [line for line in table.split("\n") if line.startswith("| trident |")]
+    assert [line.split(" | ")[1] for line in trident] == list(TRIDENT_CONFIGS)
+    assert any(
+        line.startswith("| trident | cityscapes | trident, ") and "sam_split_halves=True" in line
+        and "sam_cosine_factor=3," in line and "| 688 / 2048 | 336 / 224 | center | 40 | 0 (-) | - | - |" in line
+        for line in trident
+    )  # fmt: skip
+    assert any("| trident | voc20 |" in line and "| 336 / 2048 | 336 / 112 | center | 40 |" in line for line in trident)
 
 
 def test_protocols_command_prints_the_table(capsys):

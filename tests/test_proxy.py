@@ -37,7 +37,7 @@ from conftest import (
     PROXY_HEADS,
     parity_config,
     peaky,
-    run_clean_process,
+    segment_in_clean_process,
     tiny_processor,
     tiny_proxy,
 )  # fmt: skip
@@ -311,18 +311,7 @@ def test_convert_embeds_a_proxy_and_the_folder_serves_it(tiny_folder, tmp_path, 
     call = {"candidate_labels": ["person", "chair", "sky"], "method": method, "short_side": 112, "crop_size": 112,
             "stride": 56, "return_probabilities": True}  # fmt: skip
     expected = pipe(str(photo), **call)
-    script = """
-        import json, sys
-        import numpy as np
-        from transformers import pipeline
-        folder, photo, output, call = sys.argv[1], sys.argv[2], sys.argv[3], json.loads(sys.argv[4])
-        segmenter = pipeline("zero-shot-image-segmentation", model=folder, trust_remote_code=True)
-        assert type(segmenter.model.proxy_model).__module__.startswith("transformers.models")
-        result = segmenter(photo, **call)
-        np.savez(output, label_map=result["label_map"], probabilities=result["probabilities"])
-        """
-    run_clean_process(script, [str(out), str(photo), str(tmp_path / "out.npz"), json.dumps(call)], tmp_path)
-    got = np.load(tmp_path / "out.npz")
+    got = segment_in_clean_process(out, photo, call, tmp_path, "proxy_model")
     assert np.array_equal(got["label_map"], expected["label_map"])
     assert np.array_equal(got["probabilities"], expected["probabilities"])
     assert expected["probabilities"].reshape(3, -1).std(axis=1).max() > 1e-4
@@ -355,7 +344,7 @@ def test_ablation_command_runs_seed_proxyclip_and_seed_proxy(tiny_folder, tmp_pa
     assert main(args) == 0
     results = {r["method"]: r for r in json.loads(out.read_text())}
     assert list(results) == ["seed", "proxyclip", "seed_proxy"]
-    assert results["seed"]["components"] == {"feature_upsampler": None, "proxy": None}  # what ran, not what exists
+    assert results["seed"]["components"] == {"feature_upsampler": None, "proxy": None, "sam": None}  # what ran
     for method in ("proxyclip", "seed_proxy"):
         assert results[method]["components"]["proxy"]["model_type"] == "vit"
         assert results[method]["knobs"]["attention_mode"] == "proxy"

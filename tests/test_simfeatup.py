@@ -83,8 +83,9 @@ def test_any_preset_can_use_the_upsampler_and_segearth_fails_without_one():
     without = plain.config.with_method("segearth", feature_upsampling=False)
     with torch.no_grad():
         assert plain(pixels, text_embeds=text, settings=without).logits.shape == (1, 2, 4, 4)
-    assert plain.components(without) == {"feature_upsampler": None, "proxy": None}
-    assert model.components(model.config.with_method("segearth")) == {"feature_upsampler": "jbu_stack", "proxy": None}
+    assert plain.components(without) == {"feature_upsampler": None, "proxy": None, "sam": None}
+    ran = model.components(model.config.with_method("segearth"))
+    assert ran == {"feature_upsampler": "jbu_stack", "proxy": None, "sam": None}
 
 
 def test_forward_upsamples_crop_by_crop():

@@ -32,6 +32,7 @@ _CLEARCLIP = "mc-lan/ClearCLIP@ad68a40"
 _SEGEARTH = "likyoo/SegEarth-OV@3e22a96"
 _SFP = "Kimsure/SFP@2804f5b:SFP_ICCV"
 _PROXYCLIP = "mc-lan/ProxyCLIP@e7b767f"
+_TRIDENT = "YuHengsss/Trident@a93b346"
 
 
 @dataclass(frozen=True)
@@ -39,7 +40,8 @@ class Protocol:
     """One anchor's setting on one dataset.
 
     method: the preset the anchor's model is (``METHOD_PRESETS``); knobs: method knobs its config changes
-        (``dense_logit_scale`` = ``logit_scale``, ``cls_logit_lambda`` = SegEarth-OV's ``cls_token_lambda``).
+        (``dense_logit_scale`` = ``logit_scale``, ``cls_logit_lambda`` = SegEarth-OV's ``cls_token_lambda``,
+        Trident's ``beta`` / ``gamma`` / ``cos_fac`` / ``refine_neg_cos`` / SAM refinement as ``proxy_*`` / ``sam_*``).
     short_side / long_side: ``Resize(scale=(long_side, short_side), keep_ratio=True)``.
     crop_size / stride: slide windows (``crop_size=None``: the whole image, ``slide_crop=0``).
     patch_padding: how a window whose sides are not patch multiples is run (see ``inference.PATCH_PADDINGS``).
@@ -48,7 +50,7 @@ class Protocol:
     normalize_probabilities: the returned probabilities renormalised after the labels are chosen (NACLIP).
     classes: the class file, ``<anchor>/cls_<name>.txt``. config: the anchor's config file.
     synonym_separator: what separates a class's names in its class file (None: commas, as the other anchors'
-        ``get_cls_idx`` split on ``", "`` or ``","``; ProxyCLIP's: ``"; "``).
+        ``get_cls_idx`` split on ``", "`` or ``","``; ProxyCLIP's and Trident's: ``"; "``).
     dtype: the precision the anchor runs in on a GPU (all of them: fp16 weights).
     """
 
@@ -352,8 +354,67 @@ PROXYCLIP = Anchor(
     },
 )  # fmt: skip
 
+# Trident: trident.py:29-33 (segmentor defaults: prob_thd=0.0, logit_scale=40, beta=1.2, gamma=3.0, slide_stride=112,
+# slide_crop=336, pamr_steps=0, coarse_thresh=0.10, minimal_area=225, sam_mask_coff=0.005), 61 (dataset_type
+# kwarg, default 'PascalVOCDataset'), 91-93 (cos_fac=1.2, refine_neg_cos=True, sam_iou_thresh=0.9 when no config
+# sets them), 273 (prob_thd sends pixels to class 0), 331-342 (class files split on "; ", line 338);
+# configs/base_config.py:5-22, which every cfg_<name>.py extends (line 1) and overrides: clip_type='openai',
+# model_type='ViT-B/16' :7-8, vfm_model='dino' :9 (torch.hub dino_vitb16, trident.py:48), beta=1.2 :11,
+# cos_fac=1.2 :12, refine_neg_cos=True :13, slide_stride=224 :14, slide_crop=336 :15, sam_model_type='vit_b' :16,
+# sam_iou_thresh=0.80 :17, coarse_thresh=0.2 :18, minimal_area=225 :19, sam_refinement=False :3/:21, turned on in
+# every official run (dist_test.sh:3 --sam_refine -> eval.py:63; eval_all.py:2-13 runs the eight configs below).
+# Padding: Trident pads each window to a multiple of 56 on both sides (trident.py:219-221, compute_padsize
+# 296-308), but its windows are always full 336 crops (336 % 56 == 0): the configs' Resize gives a short side of
+# 336 to 688, and preprocess_image (seg_utils/utils.py:9-25) then rounds each side up to a multiple of the patch
+# and to at least slide_crop (:20-22), so no window is ever padded; patch_padding="center" says the same.
+# Its models run in fp16 (CLIP precision='fp16' trident.py:42, DINO .half() :49, SAM .half() :87 with its prompt
+# encoder and mask decoder in fp32 :88-89).
+# Its dataset names in our DATASETS registry: voc21 (PascalVOCDataset), context60 (PascalContext60Dataset),
+# coco_object (COCOObjectDataset), voc20 (PascalVOC20Dataset), context59 (PascalContext59Dataset),
+# coco_stuff164k (COCOStuffDataset), cityscapes (CityscapesDataset), ade20k (ADE20KDataset).
+# Every per-dataset value a config sets is written out below, even where it equals the base one.
+TRIDENT = Anchor(
+    "trident",
+    _TRIDENT,
+    base={"method": "trident", "crop_size": 336, "stride": 224, "patch_padding": "center", "background_threshold": 0.0,
+          "synonym_separator": "; ",
+          "knobs": {"dense_logit_scale": 40.0, "proxy_beta": 1.2, "proxy_gamma": 3.0, "sam_cosine_factor": 1.2,
+                    "sam_refine_negative_cosine": True, "sam_split_halves": False, "sam_refinement": True,
+                    "sam_iou_threshold": 0.8, "sam_coarse_threshold": 0.2, "sam_minimal_area": 225,
+                    "sam_mask_coefficient": 0.005}},
+    datasets={
+        # configs/cfg_voc21.py:5 (class file), 6 (prob_thd=0.2), 7 (coarse_thresh=0.2), 16 (Resize (2048, 448))
+        "voc21": {"config": "cfg_voc21.py", "classes": "trident/cls_voc21.txt", **_resize(448),
+                  "background_threshold": 0.2, "knobs": {"sam_coarse_threshold": 0.2}},
+        # cfg_context60.py:5, 6 (prob_thd=0.15), 7 (coarse_thresh=0.15), 16 (Resize (2048, 576))
+        "context60": {"config": "cfg_context60.py", "classes": "trident/cls_context60.txt", **_resize(576),
+                      "background_threshold": 0.15, "knobs": {"sam_coarse_threshold": 0.15}},
+        # cfg_coco_object.py:5, 6 (coarse_thresh=0.25), 7 (prob_thd=0.25), 16 (Resize (2048, 448))
+        "coco_object": {"config": "cfg_coco_object.py", "classes": "trident/cls_coco_object.txt", **_resize(448),
+                        "background_threshold": 0.25, "knobs": {"sam_coarse_threshold": 0.25}},
+        # cfg_voc20.py:5, 6 (coarse_thresh=0.2), 7 (slide_stride=112), 8 (cos_fac=0.0), 17 (Resize (2048, 336))
+        "voc20": {"config": "cfg_voc20.py", "classes": "trident/cls_voc20.txt", **_resize(336), "stride": 112,
+                  "knobs": {"sam_coarse_threshold": 0.2, "sam_cosine_factor": 0.0}},
+        # cfg_context59.py:5, 6 (coarse_thresh=0.15), 15 (Resize (2048, 576))
+        "context59": {"config": "cfg_context59.py", "classes": "trident/cls_context59.txt", **_resize(576),
+                      "knobs": {"sam_coarse_threshold": 0.15}},
+        # cfg_coco_stuff164k.py:5, 6 (coarse_thresh=0.05), 15 (Resize (2048, 448))
+        "coco_stuff164k": {"config": "cfg_coco_stuff164k.py", "classes": "trident/cls_coco_stuff.txt",
+                           **_resize(448), "knobs": {"sam_coarse_threshold": 0.05}},
+        # cfg_city_scapes.py:5, 6 (model dataset_type='CityscapesDataset': SAM on the left and right halves,
+        # trident.py:61, 141-152), 7 (cos_fac=3.0), 8 (refine_neg_cos=False), 9 (coarse_thresh=0.10),
+        # 18 (Resize (2048, 688))
+        "cityscapes": {"config": "cfg_city_scapes.py", "classes": "trident/cls_city_scapes.txt", **_resize(688),
+                       "knobs": {"sam_split_halves": True, "sam_cosine_factor": 3.0,
+                                 "sam_refine_negative_cosine": False, "sam_coarse_threshold": 0.10}},
+        # cfg_ade20k.py:5, 6 (refine_neg_cos=False), 7 (coarse_thresh=0.05), 16 (Resize (2048, 576))
+        "ade20k": {"config": "cfg_ade20k.py", "classes": "trident/cls_ade20k.txt", **_resize(576),
+                   "knobs": {"sam_refine_negative_cosine": False, "sam_coarse_threshold": 0.05}},
+    },
+)  # fmt: skip
+
 ANCHORS: dict[str, Anchor] = {
-    anchor.name: anchor for anchor in (SCLIP, NACLIP, CLEARCLIP, SEGEARTH, SFP, PROXYCLIP)
+    anchor.name: anchor for anchor in (SCLIP, NACLIP, CLEARCLIP, SEGEARTH, SFP, PROXYCLIP, TRIDENT)
 }
 
 #: The official configs (and class files without a config) that have no protocol here, and why. Every config
@@ -363,6 +424,9 @@ NOT_OFFERED: dict[tuple[str, str], str] = {
     "line 10, the authors' local path): use --protocol sfp --dataset cityscapes",
     ("proxyclip", "cfg_context459.py"): "no Pascal Context-459 loader yet (detectron2's .tif annotations)",
     ("proxyclip", "cfg_ade847.py"): "no ADE20K-847 loader yet (detectron2's .tif annotations)",
+    ("trident", "cfg_context459.py"): "no Pascal Context-459 loader yet (detectron2's .tif annotations, "
+    "custom_datasets.py:287)",
+    ("trident", "cfg_ade847.py"): "no ADE20K-847 loader yet (detectron2's .tif annotations, custom_datasets.py:193)",
     ("segearth", "cls_massachusetts_building.txt"): "SegEarth-OV ships the class file but no config or dataset "
     "class for it, so there is no setting to reproduce",
     ("maskclip", "configs/maskclip/*.py"): "MaskCLIP's mmseg 0.x evaluation (ImageNet mean/std, bottom-right "
@@ -381,6 +445,9 @@ SOURCES = {
     "sfp": f"SFP (Jin et al., ICCV 2025), {_SFP}: SFP_segmentor.py, clip/model.py, configs/cfg_*.py, configs/cls_*.txt",
     "proxyclip": f"ProxyCLIP (Lan et al., ECCV 2024), {_PROXYCLIP}: proxyclip_segmentor.py, open_clip/transformer.py, "
     "configs/cfg_*.py, configs/cls_*.txt; needs a model with a proxy (hf-ovseg convert --proxy)",
+    "trident": f"Trident (Shi et al., ICCV 2025), {_TRIDENT}: trident.py, open_clip/transformer.py, "
+    "seg_utils/utils.py, configs/cfg_*.py, configs/cls_*.txt; SAM refinement on (dist_test.sh:3); needs a model "
+    "with a DINO proxy and SAM (hf-ovseg convert --proxy facebook/dino-vitb16 --sam facebook/sam-vit-base)",
 }
 
 
@@ -412,7 +479,11 @@ def protocol_table() -> str:
         for dataset in anchor.datasets:
             p = resolve_protocol(name, dataset)
             window = "whole" if p.crop_size is None else f"{p.crop_size} / {p.stride}"
-            extra = "".join(f", {k}={v:g}" for k, v in p.knobs.items() if k not in ("dense_logit_scale",))
+            extra = "".join(
+                f", {k}={v}" if isinstance(v, bool) else f", {k}={v:g}"
+                for k, v in p.knobs.items()
+                if k not in ("dense_logit_scale",)
+            )
             background = DATASETS[dataset].class_names[p.background_index] if p.background_threshold else "-"
             lines.append(
                 f"| {name} | {dataset} | {p.method}{extra} | {p.short_side} / {p.long_side} | {window} | "

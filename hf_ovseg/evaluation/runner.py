@@ -49,10 +49,15 @@ class EvaluationResult:
 
 class BenchmarkImages(torch.utils.data.Dataset):
     """Decodes, reads the mask and resizes (as the pipeline does) in DataLoader workers:
-    ``(index, pixels [1, 3, h, w] uint8, (H, W), mask [H, W] tensor)``."""
+    ``(index, pixels [1, 3, h, w] uint8, (H, W), mask [H, W] tensor, photo)``; ``photo`` is the decoded [H, W, 3]
+    uint8 image with ``keep_photo`` (Trident's SAM reads it), else None."""
 
-    def __init__(self, bench: BenchmarkDataset, indices: range, short_side: int | None, long_side: int | None):
+    def __init__(
+        self, bench: BenchmarkDataset, indices: range, short_side: int | None, long_side: int | None,
+        keep_photo: bool = False,
+    ) -> None:  # fmt: skip
         self.bench, self.indices, self.short_side, self.long_side = bench, indices, short_side, long_side
+        self.keep_photo = keep_photo
 
     def __len__(self) -> int:
         return len(self.indices)
@@ -61,7 +66,8 @@ class BenchmarkImages(torch.utils.data.Dataset):
         item = self.bench[self.indices[position]]
         photo = np.asarray(item["image"], dtype=np.uint8)
         pixels = resized_pixels(photo, self.short_side, self.long_side)
-        return self.indices[position], pixels, photo.shape[:2], torch.from_numpy(np.asarray(item["mask"]))
+        mask = torch.from_numpy(np.asarray(item["mask"]))
+        return self.indices[position], pixels, photo.shape[:2], mask, photo if self.keep_photo else None
 
 
 def evaluate_methods(
@@ -100,7 +106,6 @@ def evaluate_methods(
 
     from ..bulk import loader
     from ..configuration_ovseg import METHOD_KNOBS
-    from ..inference import Stitcher
 
     spec = bench.spec
     prompts = spec.prompts if prompts is None else prompts
@@ -128,17 +133,18 @@ def evaluate_methods(
     for method in methods:
         own = own_knobs[method]
         resize, call = pipe.prepare(labels, method=method, **own, **arguments)
-        images = BenchmarkImages(bench, indices, resize["short_side"], resize["long_side"])
+        images = BenchmarkImages(bench, indices, resize["short_side"], resize["long_side"],
+                                 keep_photo=call.whole_image is not None)  # fmt: skip
 
         def stitchers(images=images, call=call):
-            for _, pixels, size, mask in loader(images, num_workers, pin_memory=device.type == "cuda"):
+            for _, pixels, size, mask, photo in loader(images, num_workers, pin_memory=device.type == "cuda"):
                 image = pipe.processor.image_processor.normalize_pixels(pixels.to(device, non_blocking=True))
-                yield (image, size, mask.to(device, non_blocking=True)), Stitcher.windows(image, call.crop_size,
-                                                                                         call.stride)  # fmt: skip
+                yield (image, size, mask.to(device, non_blocking=True)), call.work(image, photo)
 
         # The whole per-image path stays on the device, with no host synchronisation: decoding and resizing in
         # DataLoader workers (pinned memory on a GPU), normalisation, windows, label prediction and the confusion
-        # matrix. The running mIoU is read back every few seconds only.
+        # matrix. The running mIoU is read back every few seconds only. (Not so for trident: SAM's resize of the
+        # photo and its refinement's region search read back to the host, as its official code does.)
         on_device = torch.zeros(spec.num_classes + 1, spec.num_classes + 1, dtype=torch.int64, device=device)
         start = shown = time.perf_counter()
         bar = tqdm(total=len(indices), desc=f"{spec.name} {method}", unit="img", disable=not progress,
