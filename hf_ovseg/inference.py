@@ -250,17 +250,29 @@ def add_counts(counts: torch.Tensor, values: torch.Tensor) -> None:
     counts.index_add_(0, flat, torch.ones_like(flat))
 
 
+def class_probability_rows(
+    logits: torch.Tensor, synonym_index: torch.Tensor, size: tuple[int, int], rows: slice
+) -> torch.Tensor:
+    """Class probabilities of ``rows`` of the image at ``size``: the logits resized bilinearly, softmax over every
+    synonym, then the max over each class's synonyms: [C, len(rows), W]."""
+    probs = resize_bilinear(logits, size, rows).softmax(dim=0)  # [Q, r, W]
+    # nothing to merge when every class has one name
+    return probs if synonym_index.shape[0] == probs.shape[0] else probs[synonym_index.to(probs.device)].amax(dim=1)
+
+
+def chunk_rows(num_classes: int, width: int, max_chunk_elements: int = 1 << 24) -> int:
+    """Rows per chunk so that a [num_classes, rows, width] chunk holds at most ``max_chunk_elements`` values."""
+    return max(1, max_chunk_elements // max(1, num_classes * width))
+
+
 def class_probability_chunks(
     logits: torch.Tensor, synonym_index: torch.Tensor, size: tuple[int, int], max_chunk_elements: int = 1 << 24
 ) -> Iterator[tuple[int, torch.Tensor]]:
-    """``(top, probs)`` for consecutive row chunks of the image at ``size``: the logits resized bilinearly,
-    softmax over every synonym, then the max over each class's synonyms: probs [C, rows, W]."""
-    synonym_index = synonym_index.to(logits.device)
-    chunk = max(1, max_chunk_elements // max(1, logits.shape[0] * size[1]))
+    """``(top, probs)`` for consecutive row chunks of the image at ``size`` ([`class_probability_rows`]): probs
+    [C, rows, W]."""
+    chunk = chunk_rows(logits.shape[0], size[1], max_chunk_elements)
     for top in range(0, size[0], chunk):
-        probs = resize_bilinear(logits, size, slice(top, top + chunk)).softmax(dim=0)  # [Q, r, W]
-        # nothing to merge when every class has one name
-        yield top, probs if synonym_index.shape[0] == probs.shape[0] else probs[synonym_index].amax(dim=1)
+        yield top, class_probability_rows(logits, synonym_index, size, slice(top, top + chunk))
 
 
 def area_counts(

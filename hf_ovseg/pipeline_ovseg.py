@@ -41,7 +41,7 @@ from .inference import (
 from .labels import LabelSet, parse_labels
 from .postprocess import pamr
 from .processing_ovseg import check_templates
-from .sam_refinement import RefinementSettings, refine_with_sam
+from .sam_refinement import ClassProbabilities, RefinementSettings, refine_with_sam
 from .trident import TridentLogits, trident_logits
 
 TASK = "zero-shot-image-segmentation"
@@ -117,8 +117,11 @@ def check_call_arguments(kwargs: dict[str, Any], names: dict[str, str] | None = 
         check_templates(kwargs["templates"])
 
 
-#: Trident's SAM refinement: (logits, coarse labels [H, W], probabilities [C, H, W]) -> refined labels, maps.
-Refine = Callable[[TridentLogits, torch.Tensor, torch.Tensor], tuple[torch.Tensor, torch.Tensor]]
+#: Trident's SAM refinement: (logits, coarse labels [H, W], class probabilities) -> refined labels, every pixel's
+#: best coarse probability and the refined maps (None unless the call returns probabilities).
+Refine = Callable[
+    [TridentLogits, torch.Tensor, ClassProbabilities], tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]
+]
 
 
 @dataclass(frozen=True)
@@ -172,25 +175,28 @@ class CallSettings:
 def trident_prediction(logits: TridentLogits, size: tuple[int, int], call: CallSettings) -> DensePrediction:
     """Trident's post-processing (YuHengsss/Trident@a93b346:trident.py:260-283): the logits resized to ``size``,
     softmax, synonyms (its background names) merged by max, ``prob_thd``, then the SAM refinement, whose
-    probabilities (the refined ``L`` maps) are the ones returned. A segment's score is the mean over its pixels of
-    their (softmax) probability of its class; a background label added past the classes scores their best one."""
-    wanted = call.return_probabilities or call.sam_refine is not None
+    probabilities (the refined ``L`` maps) are the ones returned. A segment's score is, as for every method, the
+    mean over its pixels of their best (coarse) class probability. The [C, H, W] probabilities are made only when
+    the call returns them (see ``sam_refinement.ClassProbabilities``)."""
+    synonym_index = call.labels.synonym_index
     prediction = predict_labels(
-        logits.logits, call.labels.synonym_index, size, call.background_threshold, call.background_index, wanted,
-        call.area_threshold,
+        logits.logits, synonym_index, size, call.background_threshold, call.background_index,
+        call.return_probabilities, call.area_threshold,
     )  # fmt: skip
     if call.sam_refine is None:
         return prediction
-    coarse = prediction.probabilities
-    labels, refined = call.sam_refine(logits, prediction.label_map.long(), coarse)
+    probs = (
+        ClassProbabilities(prediction.probabilities) if call.return_probabilities
+        else ClassProbabilities(logits=logits.logits, synonym_index=synonym_index, size=size)
+    )  # fmt: skip
+    labels, scores, refined = call.sam_refine(logits, prediction.label_map.long(), probs)
+    if scores is None:  # no region kept: the coarse prediction
+        return prediction
     pixel_count = torch.zeros_like(prediction.pixel_count)
     add_counts(pixel_count, labels)
-    in_range = labels.clamp(max=coarse.shape[0] - 1)  # a background label past the classes: the best probability
-    scores = torch.where(labels < coarse.shape[0], coarse.gather(0, in_range[None])[0], coarse.amax(dim=0))
     score_sum = torch.zeros_like(prediction.score_sum)
     score_sum.index_add_(0, labels.flatten(), scores.flatten().double())
-    returned = refined if call.return_probabilities else None
-    return DensePrediction(labels.to(torch.int32), score_sum, pixel_count, returned)
+    return DensePrediction(labels.to(torch.int32), score_sum, pixel_count, refined)
 
 
 class ZeroShotImageSegmentationPipeline(Pipeline):
@@ -352,10 +358,12 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
             min_window = multiple * model.feature_upsampler.min_grid()
         whole_image = sam_refine = None
         if cfg.attention_mode == "trident":
-            for name, value in (("refine", refine), ("normalize_probabilities", normalize_probabilities)):
+            unsupported = {"refine": refine, "normalize_probabilities": normalize_probabilities,
+                           "area_threshold": area_threshold}  # fmt: skip
+            for name, value in unsupported.items():
                 if value:
-                    raise ValueError(f"{name}={value!r} is not part of Trident (its PAMR is off in every config)")
-            whole_image, sam_refine = self.trident_steps(cfg, text, crop_size, stride)
+                    raise ValueError(f"{name}={value!r} is not part of Trident (no config of it sets {name})")
+            whole_image, sam_refine = self.trident_steps(cfg, text, crop_size, stride, return_probabilities)
         return CallSettings(
             forward, labels, names, multiple, crop_size, stride, crop_batch_size, patch_padding, background_threshold,
             background_index, area_threshold, refine, return_probabilities, normalize_probabilities, min_window,
@@ -363,9 +371,10 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
         )  # fmt: skip
 
     def trident_steps(
-        self, cfg: Any, text: torch.Tensor, crop_size: int | None, stride: int | None
+        self, cfg: Any, text: torch.Tensor, crop_size: int | None, stride: int | None, return_maps: bool = False
     ) -> tuple[Callable[[torch.Tensor, np.ndarray], TridentLogits], Refine | None]:
-        """Trident's whole-image forward and its SAM refinement (None when ``sam_refinement`` is off)."""
+        """Trident's whole-image forward and its SAM refinement (None when ``sam_refinement`` is off; its refined
+        class maps are made only with ``return_maps``)."""
         model = self.model
         patch = model.config.vision_config.patch_size
         if crop_size is None or stride is None:
@@ -385,9 +394,9 @@ class ZeroShotImageSegmentationPipeline(Pipeline):
                                       cfg.sam_iou_threshold)  # fmt: skip
 
         def sam_refine(
-            logits: TridentLogits, labels: torch.Tensor, probs: torch.Tensor
-        ) -> tuple[torch.Tensor, torch.Tensor]:
-            return refine_with_sam(model.sam_model, logits.sam_image, labels, probs, settings)
+            logits: TridentLogits, labels: torch.Tensor, probs: ClassProbabilities
+        ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor | None]:
+            return refine_with_sam(model.sam_model, logits.sam_image, labels, probs, settings, return_maps)
 
         return whole_image, sam_refine
 

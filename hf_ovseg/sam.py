@@ -196,14 +196,14 @@ def dense_positional_embedding(sam: nn.Module) -> torch.Tensor:
 def predict_masks(
     sam: nn.Module, image: SamImage, points: torch.Tensor, boxes: torch.Tensor, mask: torch.Tensor
 ) -> tuple[torch.Tensor, torch.Tensor]:
-    """``SamPredictor.predict_torch(points, labels=1, boxes, mask, multimask_output=False, return_logits=True)`` then
-    ``postprocess_masks`` for n prompts in the ResizeLongestSide frame.
+    """``SamPredictor.predict_torch(points, labels=1, boxes, mask, multimask_output=False)`` (predictor.py:168-243)
+    for n prompts in the ResizeLongestSide frame, before ``postprocess_masks`` ([`upscale_masks`]).
 
     Args:
         points: [n, 2] one positive (x, y) point per prompt. boxes: [n, 4] xyxy boxes. mask: [1, 4g, 4g] the
             unbatched mask prompt shared by all prompts.
     Returns:
-        mask logits [n, 1, H, W] at ``image.original_size`` and IoU predictions [n, 1].
+        low-resolution mask logits [n, 1, 4g, 4g] and IoU predictions [n, 1].
     """
     encoder, decoder = sam.prompt_encoder, sam.mask_decoder
     points = points[None, :, None].float()  # [1, n, 1, 2]: transformers' (image, prompt, point) layout
@@ -217,11 +217,16 @@ def predict_masks(
         "dense_prompt_embeddings": mask_embedding(sam, mask),
         "multimask_output": False,
     })  # fmt: skip
+    return low_res[0], iou[0]
+
+
+def upscale_masks(sam: nn.Module, image: SamImage, low_res: torch.Tensor) -> torch.Tensor:
+    """``Sam.postprocess_masks`` (sam.py:133-162): [n, 1, 4g, 4g] logits resized (bilinear) to SAM's input size,
+    cropped to the image's resized size and resized to ``image.original_size``: [n, 1, H, W]."""
     size = sam.config.vision_config.image_size
-    logits = F.interpolate(low_res[0], (size, size), mode="bilinear", align_corners=False)
+    logits = F.interpolate(low_res, (size, size), mode="bilinear", align_corners=False)
     logits = logits[..., : image.input_size[0], : image.input_size[1]]
-    logits = F.interpolate(logits, image.original_size, mode="bilinear", align_corners=False)
-    return logits, iou[0]
+    return F.interpolate(logits, image.original_size, mode="bilinear", align_corners=False)
 
 
 __all__ = [
@@ -236,4 +241,5 @@ __all__ = [
     "preprocess_shape",
     "scale_points",
     "set_image",
+    "upscale_masks",
 ]

@@ -26,7 +26,7 @@ from hf_ovseg import TASK, OVSegModel, ZeroShotImageSegmentationPipeline
 from hf_ovseg.cli import main
 from hf_ovseg.evaluation.benchmarks import CLASSES_DIR
 from hf_ovseg.evaluation.protocols import resolve_protocol
-from hf_ovseg.sam import guidance_weights, predict_masks, scale_points, set_image
+from hf_ovseg.sam import guidance_weights, predict_masks, scale_points, set_image, upscale_masks
 from hf_ovseg.sam_refinement import connected_regions
 from hf_ovseg.trident import sam_input, trident_resize
 
@@ -96,14 +96,16 @@ def test_sam_masks_from_prompts_equal_the_official_code(trident_model, fixtures)
     half = (183, 256)  # the refinement's halved frame, which the official code maps prompts from
     with torch.no_grad():
         image = set_image(sam, picture)
-        logits, iou = predict_masks(sam, image, scale_points(points, half, SAM_SIZE),
-                                    scale_points(boxes.view(-1, 2, 2), half, SAM_SIZE).view(-1, 4), mask)  # fmt: skip
+        low_res, iou = predict_masks(sam, image, scale_points(points, half, SAM_SIZE),
+                                     scale_points(boxes.view(-1, 2, 2), half, SAM_SIZE).view(-1, 4), mask)  # fmt: skip
+        logits = upscale_masks(sam, image, low_res)
         predictor.set_image(picture)
-        _, expected_iou, low_res = predictor.predict_torch(
+        _, expected_iou, expected_low_res = predictor.predict_torch(
             official.sam_apply_coords(points, half, SAM_SIZE)[:, None], torch.ones(2, 1),
             official.sam_apply_boxes(boxes, half, SAM_SIZE), mask, multimask_output=False,
         )  # fmt: skip
-        expected = official.postprocess_masks(low_res, predictor.input_size, predictor.original_size, SAM_SIZE)
+        expected = official.postprocess_masks(expected_low_res, predictor.input_size, predictor.original_size,
+                                              SAM_SIZE)  # fmt: skip
         _, _, batched = predictor.predict_torch(
             official.sam_apply_coords(points, half, SAM_SIZE)[:, None], torch.ones(2, 1),
             official.sam_apply_boxes(boxes, half, SAM_SIZE), mask[None], multimask_output=False,
@@ -111,7 +113,7 @@ def test_sam_masks_from_prompts_equal_the_official_code(trident_model, fixtures)
     assert logits.shape == expected.shape == (2, 1, 368, 512)
     torch.testing.assert_close(logits, expected, rtol=1e-4, atol=1e-4)
     torch.testing.assert_close(iou, expected_iou, rtol=1e-4, atol=1e-5)
-    assert (batched - low_res).abs().max() > 1e-2
+    assert (batched - expected_low_res).abs().max() > 1e-2
 
 
 # ---- 2. the pieces ------------------------------------------------------------------------------
@@ -202,6 +204,9 @@ def test_trident_protocol_end_to_end_matches_official_code(trident_model, fixtur
     difference = np.abs(out["probabilities"] - expected_probs.numpy())
     assert (difference > 1e-3).mean() < 1e-3
     assert (out["label_map"] != coarse["label_map"]).mean() > 1e-3, "the refinement changes labels"
+    # without probabilities the labels come from a running maximum over the classes, not from the [C, H, W] maps
+    labels_only = pipe(str(photo), candidate_labels=labels, return_label_map=True, **arguments)
+    assert np.array_equal(labels_only["label_map"], out["label_map"])
     assert len(np.unique(expected.numpy())) >= 3
 
 
@@ -327,6 +332,8 @@ def test_trident_refuses_what_it_cannot_do(trident_model, fixtures):
     pipe = ZeroShotImageSegmentationPipeline(model=trident_model, processor=tiny_processor(), task=TASK)
     photo = str(fixtures / PHOTO)
     call = {"candidate_labels": ["a", "b"], "short_side": 336, "crop_size": 336}
+    with pytest.raises(ValueError, match="area_threshold=0.1 is not part of Trident"):
+        pipe(photo, area_threshold=0.1, stride=224, **call)
     with pytest.raises(ValueError, match="refine='pamr' is not part of Trident"):
         pipe(photo, refine="pamr", stride=224, **call)
     with pytest.raises(ValueError, match=r"crop_size \(336\) and stride \(100\) must be multiples of 16"):
@@ -335,16 +342,20 @@ def test_trident_refuses_what_it_cannot_do(trident_model, fixtures):
         pipe(photo, candidate_labels=["a", "b"], crop_size=None)
 
 
-def test_segment_scores_are_class_probabilities(trident_model, fixtures):
-    """After the refinement a segment's score is still the mean probability of its class over its pixels (the
-    coarse softmax), not the refined map."""
+def test_segment_scores_are_coarse_probabilities(trident_model, fixtures):
+    """After the refinement a segment's score is, as for every method, the mean over its pixels of their best
+    coarse (softmax) class probability, not of the refined maps; the same with and without the maps."""
     pipe = ZeroShotImageSegmentationPipeline(model=trident_model, processor=tiny_processor(), task=TASK)
     call = {"candidate_labels": ["person", "chair", "sky"], "short_side": 336, "crop_size": 336, "stride": 224,
             "sam_iou_threshold": 0.3}  # fmt: skip
     refined = pipe(str(fixtures / PHOTO), return_label_map=True, **call)
+    with_maps = pipe(str(fixtures / PHOTO), return_probabilities=True, **call)
     coarse = pipe(str(fixtures / PHOTO), return_probabilities=True, sam_refinement=False, **call)
     assert (refined["label_map"] != coarse["label_map"]).any()
-    for segment in refined["segments"]:
+    assert np.array_equal(refined["label_map"], with_maps["label_map"])
+    best = coarse["probabilities"].max(axis=0)
+    for segment, other in zip(refined["segments"], with_maps["segments"], strict=True):
         index = refined["labels"].index(segment["label"])
         pixels = refined["label_map"] == index
-        assert segment["score"] == pytest.approx(coarse["probabilities"][index][pixels].mean(), rel=1e-5)
+        assert segment["score"] == pytest.approx(best[pixels].mean(), rel=1e-5)
+        assert other["score"] == pytest.approx(segment["score"], rel=1e-6)
