@@ -231,56 +231,47 @@ def main() -> None:
         f"21 labels, median of {args.repeats}"
     )
     print()
-    if args.feature_upsampler:
-        print("| dtype | segearth without SimFeatUp (s) | with (s) | crops | SimFeatUp per crop (s) "
-              "| ViT forward per crop (s) | SimFeatUp / ViT |")  # fmt: skip
-        print("| --- | --- | --- | --- | --- | --- | --- |")
+    def table(header: str, measure, row) -> None:
+        """A markdown table: ``header``'s columns, one row per dtype from ``row(dtype name, measure(dtype))``."""
+        print(header)
+        print("|" + " --- |" * header.count(" | ") + " --- |")
         for dtype_name in dtypes:
-            r = bench_upsampler(getattr(torch, dtype_name), device, args.repeats)
-            print(
-                f"| {dtype_name} | {r['without']:.3f} | {r['with']:.3f} | {r['crops']} | {r['per_crop']:.4f} "
-                f"| {r['vit']:.4f} | {r['per_crop'] / r['vit']:.2f} |",
-                flush=True,
-            )
-        return
-    if args.trident:
+            print(f"| {dtype_name} | " + " | ".join(row(measure(getattr(torch, dtype_name)))) + " |", flush=True)
+
+    if args.feature_upsampler:
+        table(
+            "| dtype | segearth without SimFeatUp (s) | with (s) | crops | SimFeatUp per crop (s) "
+            "| ViT forward per crop (s) | SimFeatUp / ViT |",
+            lambda dtype: bench_upsampler(dtype, device, args.repeats),
+            lambda r: [f"{r['without']:.3f}", f"{r['with']:.3f}", f"{r['crops']}", f"{r['per_crop']:.4f}",
+                       f"{r['vit']:.4f}", f"{r['per_crop'] / r['vit']:.2f}"],
+        )  # fmt: skip
+    elif args.trident:
         print(f"Trident with random DINO ViT-B/16 and SAM ViT-B: {TRIDENT_HEIGHT}x{TRIDENT_WIDTH} image, crop "
               f"{TRIDENT_CROP}/stride {TRIDENT_STRIDE}")  # fmt: skip
-        print("| dtype | floor: CLIP + DINO + SAM encoder (s) | trident, no refinement (s) | trident (s) | windows "
-              "| no refinement / floor | trident / floor | peak MB |")  # fmt: skip
-        print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-        for dtype_name in dtypes:
-            r = bench_trident(getattr(torch, dtype_name), device, args.repeats)
-            print(
-                f"| {dtype_name} | {r['floor']:.3f} | {r['coarse']:.3f} | {r['pipeline']:.3f} | {r['crops']} "
-                f"| {r['coarse'] / r['floor']:.3f} | {r['pipeline'] / r['floor']:.3f} | {r['peak_mb']:.0f} |",
-                flush=True,
-            )
-        return
-    if args.proxy:
+        table(
+            "| dtype | floor: CLIP + DINO + SAM encoder (s) | trident, no refinement (s) | trident (s) | windows "
+            "| no refinement / floor | trident / floor | peak MB |",
+            lambda dtype: bench_trident(dtype, device, args.repeats),
+            lambda r: [f"{r['floor']:.3f}", f"{r['coarse']:.3f}", f"{r['pipeline']:.3f}", f"{r['crops']}",
+                       f"{r['coarse'] / r['floor']:.3f}", f"{r['pipeline'] / r['floor']:.3f}", f"{r['peak_mb']:.0f}"],
+        )  # fmt: skip
+    elif args.proxy:
         print(f"ProxyCLIP with a random {args.proxy} proxy: {PROXY_HEIGHT}x{PROXY_WIDTH} image, crop {PROXY_CROP}/"
               f"stride {PROXY_STRIDE}")  # fmt: skip
-        print("| dtype | floor: CLIP + proxy (s) | proxyclip (s) | crops | proxyclip / floor | images/s | peak MB |")
-        print("| --- | --- | --- | --- | --- | --- | --- |")
-        for dtype_name in dtypes:
-            r = bench_proxy(args.proxy, getattr(torch, dtype_name), device, args.repeats)
-            print(
-                f"| {dtype_name} | {r['floor']:.3f} | {r['pipeline']:.3f} | {r['crops']} "
-                f"| {r['pipeline'] / r['floor']:.3f} | {1 / r['pipeline']:.2f} | {r['peak_mb']:.0f} |",
-                flush=True,
-            )
-        return
-    header = "| dtype | floor (s) | seed (s) | vanilla (s) | seed / floor | vanilla / floor | seed images/s | peak MB |"
-    print(header)
-    print("| --- | --- | --- | --- | --- | --- | --- | --- |")
-    for dtype_name in dtypes:
-        r = bench(getattr(torch, dtype_name), device, args.repeats)
-        print(
-            f"| {dtype_name} | {r['floor']:.3f} | {r['seed']:.3f} | {r['vanilla']:.3f} | {r['seed'] / r['floor']:.3f} "
-            f"| {r['vanilla'] / r['floor']:.3f} | {1 / r['seed']:.2f} | {r['peak_mb']:.0f} |",
-            flush=True,
-        )
-
+        table(
+            "| dtype | floor: CLIP + proxy (s) | proxyclip (s) | crops | proxyclip / floor | images/s | peak MB |",
+            lambda dtype: bench_proxy(args.proxy, dtype, device, args.repeats),
+            lambda r: [f"{r['floor']:.3f}", f"{r['pipeline']:.3f}", f"{r['crops']}",
+                       f"{r['pipeline'] / r['floor']:.3f}", f"{1 / r['pipeline']:.2f}", f"{r['peak_mb']:.0f}"],
+        )  # fmt: skip
+    else:
+        table(
+            "| dtype | floor (s) | seed (s) | vanilla (s) | seed / floor | vanilla / floor | seed images/s | peak MB |",
+            lambda dtype: bench(dtype, device, args.repeats),
+            lambda r: [f"{r['floor']:.3f}", f"{r['seed']:.3f}", f"{r['vanilla']:.3f}", f"{r['seed'] / r['floor']:.3f}",
+                       f"{r['vanilla'] / r['floor']:.3f}", f"{1 / r['seed']:.2f}", f"{r['peak_mb']:.0f}"],
+        )  # fmt: skip
 
 if __name__ == "__main__":
     main()
