@@ -229,10 +229,13 @@ def run_clean_process(script: str, args: list[str], tmp_path: Path, env_extra: d
     assert result.returncode == 0, result.stderr[-3000:]
 
 
-def segment_in_clean_process(folder: Path, photo: Path, call: dict, tmp_path: Path, component: str) -> dict:
+def check_clean_process_segments(
+    folder: Path, photo: Path, call: dict, expected: dict, tmp_path: Path, component: str
+) -> None:
     """``pipeline("zero-shot-image-segmentation", model=folder, trust_remote_code=True)(photo, **call)`` in a clean
     process without hf_ovseg (see ``run_clean_process``), which also checks that ``model.<component>`` is a
-    transformers module; returns its ``label_map`` and ``probabilities``."""
+    transformers module, gives exactly the ``expected`` in-process ``label_map`` and ``probabilities`` (3 labels),
+    and those probabilities vary over the photo."""
     script = f"""
         import json, sys
         import numpy as np
@@ -245,4 +248,7 @@ def segment_in_clean_process(folder: Path, photo: Path, call: dict, tmp_path: Pa
         """
     output = tmp_path / "out.npz"
     run_clean_process(script, [str(folder), str(photo), str(output), json.dumps(call)], tmp_path)
-    return dict(np.load(output))
+    got = np.load(output)
+    assert np.array_equal(got["label_map"], expected["label_map"])
+    assert np.array_equal(got["probabilities"], expected["probabilities"])
+    assert expected["probabilities"].reshape(3, -1).std(axis=1).max() > 1e-4

@@ -423,9 +423,14 @@ def sam_get_rel_pos(q_size: int, k_size: int, rel_pos: torch.Tensor) -> torch.Te
     return resized[relative.long()]
 
 
-def sam_attention(sd: dict, block: str, x: torch.Tensor, heads: int) -> torch.Tensor:
+def sam_attention(sd: dict, block: str, x: torch.Tensor, heads: int):
     """image_encoder.py:224-240 with ``add_decomposed_rel_pos`` (lines 325-361): [B, H, W, C] -> [B, H, W, C];
-    ``(q * scale) @ k^T`` plus ``q . Rh`` along rows and ``q . Rw`` along columns, softmax, ``@ v``, proj."""
+    ``(q * scale) @ k^T`` plus ``q . Rh`` along rows and ``q . Rw`` along columns, softmax, ``@ v``, proj.
+
+    Also returns what Trident's modified ``Attention.forward(x, return_attn=True)`` returns besides
+    (YuHengsss/Trident@a93b346:segment_anything/modeling/image_encoder.py:226-244): the softmax probabilities
+    [B * heads, H*W, H*W] (rel-pos included, every token of the (padded) grid as a key) and the values
+    ``v.view(B, heads, H, W, head_dim)`` (line 242); upstream's output is the same."""
     b, hh, ww, _ = x.shape
     qkv = _linear(sd, f"{block}.attn.qkv", x).reshape(b, hh * ww, 3, heads, -1).permute(2, 0, 3, 1, 4)
     q, k, v = qkv.reshape(3, b * heads, hh * ww, -1).unbind(0)
@@ -441,7 +446,7 @@ def sam_attention(sd: dict, block: str, x: torch.Tensor, heads: int) -> torch.Te
         )
     attn = attn.softmax(dim=-1)
     out = (attn @ v).view(b, heads, hh, ww, -1).permute(0, 2, 3, 1, 4).reshape(b, hh, ww, -1)
-    return _linear(sd, f"{block}.attn.proj", out)
+    return _linear(sd, f"{block}.attn.proj", out), attn, v.view(b, heads, hh, ww, -1)
 
 
 def sam_window_partition(x: torch.Tensor, window: int) -> tuple[torch.Tensor, tuple[int, int]]:
@@ -466,21 +471,23 @@ def sam_window_unpartition(windows: torch.Tensor, window: int, pad_hw, hw) -> to
     return x[:, :h, :w, :].contiguous()
 
 
-def sam_block(sd: dict, i: int, x: torch.Tensor, heads: int, window: int, eps: float = 1e-6) -> torch.Tensor:
+def sam_block(sd: dict, i: int, x: torch.Tensor, heads: int, window: int, eps: float = 1e-6):
     """image_encoder.py:166-182: ``norm1``, windowed (window > 0) or global attention, residual, then
-    ``x + mlp(norm2 x)`` (``MLPBlock``: lin1, exact GELU, lin2; common.py:13-26); eps 1e-6 (build_sam.py:72)."""
+    ``x + mlp(norm2 x)`` (``MLPBlock``: lin1, exact GELU, lin2; common.py:13-26); eps 1e-6 (build_sam.py:72).
+    Returns the block's output and its attention's probabilities and values (of the windows, for a windowed
+    block), as Trident's ``Block.forward(x, return_attn=True)`` does (image_encoder.py:165-184)."""
     block = f"blocks.{i}"
     shortcut = x
     x = _ln(sd, f"{block}.norm1", x, eps)
     if window > 0:
         hw = x.shape[1], x.shape[2]
         x, pad_hw = sam_window_partition(x, window)
-    x = sam_attention(sd, block, x, heads)
+    x, attn, v = sam_attention(sd, block, x, heads)
     if window > 0:
         x = sam_window_unpartition(x, window, pad_hw, hw)
     x = shortcut + x
     hidden = F.gelu(_linear(sd, f"{block}.mlp.lin1", _ln(sd, f"{block}.norm2", x, eps)))
-    return x + _linear(sd, f"{block}.mlp.lin2", hidden)
+    return x + _linear(sd, f"{block}.mlp.lin2", hidden), attn, v
 
 
 def sam_layer_norm_2d(sd: dict, name: str, x: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
@@ -511,7 +518,7 @@ def sam_features(
     if "pos_embed" in sd:
         x = x + sd["pos_embed"]
     for i in range(_blocks(sd, "blocks.")):
-        x = sam_block(sd, i, x, heads, 0 if i in global_attn_indexes else window, eps)
+        x = sam_block(sd, i, x, heads, 0 if i in global_attn_indexes else window, eps)[0]
     x = F.conv2d(x.permute(0, 3, 1, 2), sd["neck.0.weight"])
     x = sam_layer_norm_2d(sd, "neck.1", x, eps)
     x = F.conv2d(x, sd["neck.2.weight"], padding=1)

@@ -51,13 +51,12 @@ from PIL import Image
 
 from .common import custom_out, custom_qkv, embed, layer_norm, num_blocks, resblock
 from .proxies import (
+    _linear,
+    _ln,
     dino_intermediate_layers,
     sam_block,
-    sam_get_rel_pos,
     sam_layer_norm_2d,
     sam_state_dict,
-    sam_window_partition,
-    sam_window_unpartition,
 )
 from .proxyclip import compute_padsize, proxy_attention, proxy_input
 from .proxyclip import get_cls_idx as _proxyclip_get_cls_idx
@@ -169,58 +168,8 @@ def sam_preprocess(image: np.ndarray, sam_size: int = SAM_SIZE):
 # ---- SAM: the modified image encoder -------------------------------------------------------------
 
 
-def _ln(sd: dict, name: str, x: torch.Tensor, eps: float) -> torch.Tensor:
-    return F.layer_norm(x, x.shape[-1:], sd[f"{name}.weight"], sd[f"{name}.bias"], eps)
-
-
-def _linear(sd: dict, name: str, x: torch.Tensor) -> torch.Tensor:
-    return F.linear(x, sd[f"{name}.weight"], sd.get(f"{name}.bias"))
-
-
 def _sub(sd: dict, prefix: str) -> dict:
     return {k[len(prefix) :]: v for k, v in sd.items() if k.startswith(prefix)}
-
-
-def sam_attention_with_probs(sd: dict, block: str, x: torch.Tensor, heads: int):
-    """Trident's ``Attention.forward(x, return_attn=True)`` (segment_anything/modeling/image_encoder.py:226-244):
-    ``(q * scale) @ k^T`` plus the decomposed relative positions (``add_decomposed_rel_pos``, 325-361, through
-    ``proxies.sam_get_rel_pos``), softmax, ``@ v``, proj. Also returns the softmax probabilities
-    [B * heads, H*W, H*W] (rel-pos included, every token of the (padded) grid as a key) and the values
-    ``v.view(B, heads, H, W, head_dim)`` (line 242)."""
-    b, hh, ww, _ = x.shape
-    qkv = _linear(sd, f"{block}.attn.qkv", x).reshape(b, hh * ww, 3, heads, -1).permute(2, 0, 3, 1, 4)
-    q, k, v = qkv.reshape(3, b * heads, hh * ww, -1).unbind(0)
-    attn = (q * q.shape[-1] ** -0.5) @ k.transpose(-2, -1)
-    if f"{block}.attn.rel_pos_h" in sd:
-        rh = sam_get_rel_pos(hh, hh, sd[f"{block}.attn.rel_pos_h"])
-        rw = sam_get_rel_pos(ww, ww, sd[f"{block}.attn.rel_pos_w"])
-        r_q = q.reshape(b * heads, hh, ww, -1)
-        rel_h = torch.einsum("bhwc,hkc->bhwk", r_q, rh)
-        rel_w = torch.einsum("bhwc,wkc->bhwk", r_q, rw)
-        attn = (attn.view(-1, hh, ww, hh, ww) + rel_h[:, :, :, :, None] + rel_w[:, :, :, None, :]).view(
-            -1, hh * ww, hh * ww
-        )
-    attn = attn.softmax(dim=-1)
-    out = (attn @ v).view(b, heads, hh, ww, -1).permute(0, 2, 3, 1, 4).reshape(b, hh, ww, -1)
-    return _linear(sd, f"{block}.attn.proj", out), attn, v.view(b, heads, hh, ww, -1)
-
-
-def sam_block_with_attn(sd: dict, i: int, x: torch.Tensor, heads: int, window: int, eps: float = 1e-6):
-    """Trident's ``Block.forward(x, return_attn=True)`` (image_encoder.py:165-184): as ``proxies.sam_block``
-    (norm1, window partition when ``window > 0``, attention, unpartition, residual, MLP) but also returning the
-    attention's probabilities and values (of the windows, for a windowed block)."""
-    block = f"blocks.{i}"
-    shortcut = x
-    x = _ln(sd, f"{block}.norm1", x, eps)
-    if window > 0:
-        hw = x.shape[1], x.shape[2]
-        x, pad_hw = sam_window_partition(x, window)
-    x, attn, v = sam_attention_with_probs(sd, block, x, heads)
-    if window > 0:
-        x = sam_window_unpartition(x, window, pad_hw, hw)
-    x = shortcut + x
-    hidden = F.gelu(_linear(sd, f"{block}.mlp.lin1", _ln(sd, f"{block}.norm2", x, eps)))
-    return x + _linear(sd, f"{block}.mlp.lin2", hidden), attn, v
 
 
 def sam_image_encoder(
@@ -238,9 +187,9 @@ def sam_image_encoder(
         x = x + sd["pos_embed"]
     depth = len({k.split(".")[1] for k in sd if k.startswith("blocks.")})
     for i in range(depth - 1):
-        x = sam_block(sd, i, x, heads, 0 if i in global_attn_indexes else window, eps)
+        x = sam_block(sd, i, x, heads, 0 if i in global_attn_indexes else window, eps)[0]
     last = depth - 1
-    x, attn, v = sam_block_with_attn(sd, last, x, heads, 0 if last in global_attn_indexes else window, eps)
+    x, attn, v = sam_block(sd, last, x, heads, 0 if last in global_attn_indexes else window, eps)
     x = F.conv2d(x.permute(0, 3, 1, 2), sd["neck.0.weight"])
     x = sam_layer_norm_2d(sd, "neck.1", x, eps)
     x = F.conv2d(x, sd["neck.2.weight"], padding=1)
